@@ -1,0 +1,319 @@
+// Package proxy is the client side of pgsidecar: it listens, negotiates TLS,
+// reads startup packets, authenticates clients, hands each client a backend
+// from the pool and relays the protocol between them, answers cancel
+// requests, and drains on shutdown. Every failure a client sees goes through
+// errorResponse, which gives it a SQLSTATE.
+//
+// A Server is safe for concurrent use. Each client is served by one
+// goroutine, plus one that relays its backend's answers; both end when the
+// client or the server does.
+//
+// The proxy must not know how backends are dialled, authenticated or reset:
+// that is the pool's. It decides only whether a backend it gives back is in a
+// known-clean state.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/clientauth"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Backends is what the proxy needs from the pool. *pool.Manager implements
+// it.
+type Backends interface {
+	// Acquire returns a backend for key, waiting until ctx is done.
+	Acquire(ctx context.Context, key pool.Key) (*pool.Conn, error)
+	// Release returns an idle, clean backend to its pool.
+	Release(ctx context.Context, c *pool.Conn)
+	// Destroy closes a backend whose state is unknown.
+	Destroy(c *pool.Conn)
+}
+
+// Server accepts PostgreSQL clients and proxies them to backends.
+type Server struct {
+	cfg      Config
+	backends Backends
+	auth     *clientauth.Authenticator
+	log      *slog.Logger
+
+	rootCtx    context.Context
+	rootCancel context.CancelFunc
+
+	mu       sync.Mutex
+	lns      []net.Listener           // guarded by mu
+	sessions map[*clientConn]struct{} // guarded by mu
+	cancels  map[uint64]*clientConn   // guarded by mu
+	nextID   uint64                   // guarded by mu
+	shutdown bool                     // guarded by mu
+
+	draining atomic.Bool
+	serving  atomic.Bool
+	clients  atomic.Int64
+	wg       sync.WaitGroup
+
+	stats counters
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// New validates cfg and returns a Server that is not yet listening.
+func New(cfg Config, backends Backends) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if backends == nil {
+		return nil, errors.New("proxy: backends is required")
+	}
+	users := cfg.Users
+	if users == nil {
+		users = clientauth.MapStore{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:        cfg,
+		backends:   backends,
+		auth:       clientauth.NewAuthenticator(users),
+		log:        cfg.Logger,
+		rootCtx:    ctx,
+		rootCancel: cancel,
+		sessions:   make(map[*clientConn]struct{}),
+		cancels:    make(map[uint64]*clientConn),
+	}, nil
+}
+
+// Listen opens the configured TCP listener. Call Serve next.
+func (s *Server) Listen() (net.Listener, error) {
+	return net.Listen("tcp", s.cfg.ListenAddr)
+}
+
+// Serve accepts clients on ln until Shutdown is called or ctx is done (which
+// cuts every session at once). It returns ErrServerClosed after Shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	s.serving.Store(true)
+
+	stop := context.AfterFunc(ctx, func() { s.closeAll() })
+	defer stop()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.shutdown
+			s.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporaryAccept(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.start(nc)
+	}
+}
+
+func isTemporaryAccept(err error) bool {
+	// EMFILE and friends: the process is out of descriptors for a moment.
+	var se interface{ Temporary() bool }
+	return errors.As(err, &se) && se.Temporary()
+}
+
+func (s *Server) start(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+		tc.SetKeepAlive(true)
+	}
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.nextID++
+	c := &clientConn{
+		srv:     s,
+		id:      s.nextID,
+		nc:      nc,
+		scratch: make([]byte, 0, 512),
+	}
+	s.sessions[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.clients.Add(1)
+	s.stats.accepted.Add(1)
+	c.log = s.log.With("conn", c.id, "client", nc.RemoteAddr().String())
+	c.br = newClientReader(nc)
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.clients.Add(-1)
+			s.mu.Lock()
+			delete(s.sessions, c)
+			s.mu.Unlock()
+		}()
+		c.serve(s.rootCtx)
+	}()
+}
+
+// admit reports whether the client may stay under max_client_conn.
+func (s *Server) admit() bool {
+	if s.clients.Load() > int64(s.cfg.MaxClientConn) {
+		s.stats.refusedFull.Add(1)
+		return false
+	}
+	return true
+}
+
+func (s *Server) registerCancel(key uint64, c *clientConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, taken := s.cancels[key]; taken {
+		return false
+	}
+	s.cancels[key] = c
+	return true
+}
+
+func (s *Server) unregisterCancel(key uint64) {
+	s.mu.Lock()
+	delete(s.cancels, key)
+	s.mu.Unlock()
+}
+
+// handleCancel forwards a CancelRequest for a key this proxy issued to the
+// backend serving that client. Unknown keys are ignored, as PostgreSQL does.
+func (s *Server) handleCancel(body []byte) {
+	if len(body) < 8 {
+		return
+	}
+	key := beKey(uint32(body[0])<<24|uint32(body[1])<<16|uint32(body[2])<<8|uint32(body[3]), body[4:])
+	s.mu.Lock()
+	c := s.cancels[key]
+	s.mu.Unlock()
+	if c == nil {
+		s.stats.cancelsUnknown.Add(1)
+		return
+	}
+	be := c.backend.Load()
+	if be == nil {
+		return
+	}
+	s.stats.cancels.Add(1)
+	ctx, cancel := context.WithTimeout(s.rootCtx, 5*time.Second)
+	defer cancel()
+	if err := be.Cancel(ctx); err != nil {
+		c.log.Warn("could not forward a cancel request", "backend_pid", be.PID(), "err", err)
+	}
+}
+
+func (s *Server) releaseBackend(ctx context.Context, be *pool.Conn) {
+	s.backends.Release(context.WithoutCancel(ctx), be)
+}
+
+func (s *Server) destroyBackend(be *pool.Conn) {
+	s.backends.Destroy(be)
+}
+
+// Ready reports whether the server is listening and not draining.
+func (s *Server) Ready() bool { return s.serving.Load() && !s.draining.Load() }
+
+// Shutdown drains the server: readiness goes false at once; new clients are
+// refused with 57P01 for ShutdownGrace, then the listeners close; sessions
+// end as soon as they are between transactions; whatever is left when ctx is
+// done (or after ShutdownTimeout, when ctx has no deadline) is cut. It
+// returns how many client connections were cut. It is safe to call more
+// than once.
+func (s *Server) Shutdown(ctx context.Context) (cut int, err error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
+		defer cancel()
+	}
+	s.draining.Store(true)
+	if s.cfg.ShutdownGrace > 0 {
+		t := time.NewTimer(s.cfg.ShutdownGrace)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	s.mu.Lock()
+	s.shutdown = true
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.lns = nil
+	for c := range s.sessions {
+		// Wake sessions blocked reading their client: idle ones end now,
+		// busy ones when their transaction does.
+		c.nc.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.rootCancel()
+		return 0, nil
+	case <-ctx.Done():
+	}
+	cut = s.closeAll()
+	<-done
+	return cut, ctx.Err()
+}
+
+// closeAll cuts every session and returns how many there were.
+func (s *Server) closeAll() int {
+	s.mu.Lock()
+	s.shutdown = true
+	s.draining.Store(true)
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.lns = nil
+	n := len(s.sessions)
+	for c := range s.sessions {
+		c.nc.Close()
+		if be := c.backend.Load(); be != nil {
+			be.NetConn().SetDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
+	s.rootCancel()
+	return n
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

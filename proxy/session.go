@@ -1,0 +1,411 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/clientauth"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+const (
+	// clientBufferSize is the buffered reader used during startup.
+	clientBufferSize = 8 << 10
+	// forwardBufferSize is one read, forwarded as one write.
+	forwardBufferSize = 32 << 10
+	// drainTimeout bounds how long a backend whose client went away may
+	// take to finish a cancelled query before it is closed instead.
+	drainTimeout = 5 * time.Second
+)
+
+var forwardBuffers = sync.Pool{New: func() any { b := make([]byte, forwardBufferSize); return &b }}
+
+// clientConn is one client session. Its goroutine (serve) reads the client
+// and writes to the backend; pumpBackend, started per backend, reads the
+// backend and writes to the client. Every write to the client after startup
+// happens on the pump goroutine, or on serve after the pump has stopped.
+type clientConn struct {
+	srv     *Server
+	id      uint64
+	nc      net.Conn
+	br      *bufio.Reader
+	tls     bool
+	log     *slog.Logger
+	scratch []byte
+
+	st        *startup
+	key       pool.Key
+	cancelKey uint64
+
+	// backend is the backend serving the client, read by cancel requests
+	// from other goroutines.
+	backend atomic.Pointer[pool.Conn]
+
+	cs clientScan
+	// bs is owned by the pump while it runs; serve reads it after the pump
+	// has stopped. rfqs and txStatus mirror it for other goroutines.
+	bs       backendScan
+	rfqs     atomic.Int64
+	txStatus atomic.Uint32
+	syncs    atomic.Int64
+
+	// stopping asks the pump to return as soon as the backend is idle.
+	stopping atomic.Bool
+	pumpDone chan pumpResult
+}
+
+type pumpResult struct {
+	err error
+	// clean: the pump stopped between messages in both directions.
+	clean bool
+	// clientGone: a write to the client failed.
+	clientGone bool
+}
+
+// serve runs the whole session. It never returns an error: every failure
+// ends here, reported to the client when possible.
+func (c *clientConn) serve(ctx context.Context) {
+	defer c.nc.Close()
+	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.ClientLoginTimeout))
+	st, err := c.readStartup()
+	if err != nil {
+		c.startupFailed(err)
+		return
+	}
+	c.st = st
+	c.key = pool.Key{Database: st.database, User: st.user}
+	c.log = c.log.With("database", st.database, "user", st.user)
+	if err := c.login(ctx); err != nil {
+		c.startupFailed(err)
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	defer c.srv.unregisterCancel(c.cancelKey)
+
+	c.log.Debug("client ready", "backend_pid", c.backend.Load().PID())
+	be := c.backend.Load()
+	c.pumpDone = make(chan pumpResult, 1)
+	go c.pumpBackend(be)
+	err = c.forwardClient(ctx, be)
+	c.finish(ctx, be, err)
+}
+
+func (c *clientConn) startupFailed(err error) {
+	switch {
+	case errors.Is(err, errCancelRequest):
+		return
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug("client left during startup", "err", err)
+		return
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.log.Info("client did not finish startup within client_login_timeout")
+		c.sendError(fatal(CodeProtocolViolation, "client did not finish startup within client_login_timeout", err))
+		return
+	}
+	c.log.Info("client refused at startup", "err", err)
+	c.sendError(err)
+}
+
+// sendError writes err as an ErrorResponse, best effort.
+func (c *clientConn) sendError(err error) {
+	buf, encErr := errorResponse(err).Encode(nil)
+	if encErr != nil {
+		return
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.nc.Write(buf)
+}
+
+// login authenticates the client, gets its backend ready and sends the
+// startup answer.
+func (c *clientConn) login(ctx context.Context) error {
+	s := c.srv
+	if !s.admit() {
+		return fatal(CodeTooManyConnections, "sorry, too many clients already", nil)
+	}
+	if s.draining.Load() {
+		return fatal(CodeAdminShutdown, "the sidecar is shutting down", nil)
+	}
+	var out []byte
+	if npv := negotiateVersion(c.st); npv != nil {
+		out, _ = npv.Encode(out)
+		if _, err := c.nc.Write(out); err != nil {
+			return err
+		}
+	}
+	if _, err := s.auth.Authenticate(authConn{c}, s.cfg.AuthMethod, c.st.user); err != nil {
+		return err
+	}
+
+	actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
+	be, err := s.backends.Acquire(actx, c.key)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if sql := setConfigSQL(c.st.params, be.Params()); sql != "" {
+		actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
+		res, err := be.Exec(actx, sql)
+		cancel()
+		if err != nil {
+			if res.TxStatus == 'I' && isServerError(err) {
+				s.releaseBackend(ctx, be)
+			} else {
+				s.destroyBackend(be)
+			}
+			return fatalFrom(err)
+		}
+	}
+	c.backend.Store(be)
+
+	var pid uint32
+	var secret [4]byte
+	for {
+		rand.Read(secret[:])
+		var p [4]byte
+		rand.Read(p[:])
+		pid = binary.BigEndian.Uint32(p[:]) & 0x7fffffff
+		if c.cancelKey = beKey(pid, secret[:]); c.cancelKey != 0 && s.registerCancel(c.cancelKey, c) {
+			break
+		}
+	}
+	out = out[:0]
+	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
+	for _, name := range sortedKeys(be.Params()) {
+		out, _ = (&pgproto3.ParameterStatus{Name: name, Value: be.Params()[name]}).Encode(out)
+	}
+	out, _ = (&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}).Encode(out)
+	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
+	c.bs.txStatus = 'I'
+	c.txStatus.Store('I')
+	if _, err := c.nc.Write(out); err != nil {
+		s.unregisterCancel(c.cancelKey)
+		c.backend.Store(nil)
+		s.releaseBackend(ctx, be)
+		return err
+	}
+	return nil
+}
+
+// authConn adapts a client connection to clientauth.Conn.
+type authConn struct{ c *clientConn }
+
+func (a authConn) Send(msg pgproto3.BackendMessage) error {
+	buf, err := msg.Encode(a.c.scratch[:0])
+	if err != nil {
+		return err
+	}
+	_, err = a.c.nc.Write(buf)
+	return err
+}
+
+func (a authConn) Receive() (byte, []byte, error) {
+	typ, body, err := wire.ReadMessage(a.c.br, a.c.scratch[:0], wire.MaxStartupPacket)
+	if err == nil && cap(body) > cap(a.c.scratch) {
+		a.c.scratch = body[:0]
+	}
+	return typ, body, err
+}
+
+var _ clientauth.Conn = authConn{}
+
+// forwardClient copies the client's messages to the backend until the
+// client terminates, fails, or the session is told to stop. Each read is
+// forwarded as one write; only headers are inspected.
+func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
+	bufp := forwardBuffers.Get().(*[]byte)
+	defer forwardBuffers.Put(bufp)
+	buf := *bufp
+	c.cs.max = c.srv.cfg.MaxMessageBytes
+	carry := 0
+	w := be.NetConn()
+	for {
+		n, rerr := c.br.Read(buf[carry:])
+		n += carry
+		fwd, term, serr := c.cs.scan(buf[:n])
+		if fwd > 0 {
+			c.syncs.Store(c.cs.syncs)
+			if _, err := w.Write(buf[:fwd]); err != nil {
+				return errBackendWrite{err}
+			}
+		}
+		switch {
+		case term:
+			return nil
+		case serr != nil:
+			return serr
+		}
+		carry = copy(buf, buf[fwd:n])
+		if rerr != nil {
+			if c.srv.draining.Load() && errors.Is(rerr, os.ErrDeadlineExceeded) {
+				if c.idle() {
+					return errDrain
+				}
+				c.nc.SetReadDeadline(time.Time{})
+				continue
+			}
+			return rerr
+		}
+	}
+}
+
+var errDrain = errors.New("session closed for shutdown")
+
+type errBackendWrite struct{ error }
+
+// idle reports whether the session is between transactions with nothing in
+// flight, as far as the backend's answers show.
+func (c *clientConn) idle() bool {
+	return c.cs.atBoundary() && !c.cs.unsynced && c.syncs.Load() == c.rfqs.Load() && byte(c.txStatus.Load()) == 'I'
+}
+
+// pumpBackend copies the backend's messages to the client until told to
+// stop, tracking ReadyForQuery so the session knows when the backend is
+// idle. After a failed client write it keeps reading (and discarding), so a
+// cancelled query can still drain to ReadyForQuery.
+func (c *clientConn) pumpBackend(be *pool.Conn) {
+	bufp := forwardBuffers.Get().(*[]byte)
+	defer forwardBuffers.Put(bufp)
+	buf := *bufp
+	r := be.Reader()
+	var res pumpResult
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if err := c.bs.scan(buf[:n]); err != nil {
+				res.err = err
+				break
+			}
+			c.rfqs.Store(c.bs.rfqs)
+			c.txStatus.Store(uint32(c.bs.txStatus))
+			if !res.clientGone {
+				if _, err := c.nc.Write(buf[:n]); err != nil {
+					res.clientGone = true
+				}
+			}
+			if c.srv.draining.Load() && c.bs.atBoundary() && c.idle() {
+				// Wake serve so it can end the session between transactions.
+				c.nc.SetReadDeadline(time.Now())
+			}
+		}
+		if rerr != nil {
+			if c.stopping.Load() && errors.Is(rerr, os.ErrDeadlineExceeded) && c.bs.atBoundary() {
+				res.clean = true
+				break
+			}
+			res.err = rerr
+			if !c.stopping.Load() {
+				// The backend went away on its own. Tell the client, unless
+				// the server's own FATAL error already did, and wake serve.
+				if !res.clientGone && c.bs.atBoundary() && c.bs.last != 'E' {
+					c.log.Info("backend connection lost", "backend_pid", be.PID(), "err", rerr)
+					c.sendError(fatal(CodeConnectionFailure, "server closed the connection unexpectedly", rerr))
+				}
+				c.nc.Close()
+			}
+			break
+		}
+		if c.stopping.Load() && c.bs.atBoundary() && c.syncs.Load() == c.bs.rfqs {
+			res.clean = true
+			break
+		}
+	}
+	c.pumpDone <- res
+}
+
+// stopPump asks the pump to stop once every answer the backend owes has
+// arrived, waiting at most wait for that, and returns how it stopped.
+func (c *clientConn) stopPump(be *pool.Conn, wait time.Duration) pumpResult {
+	c.stopping.Store(true)
+	be.NetConn().SetReadDeadline(time.Now().Add(wait))
+	res := <-c.pumpDone
+	be.NetConn().SetReadDeadline(time.Time{})
+	return res
+}
+
+// finish ends the session after forwardClient returned: it tells the
+// client why when that is possible, then returns the backend to the pool
+// if it is provably clean, and closes it otherwise.
+func (c *clientConn) finish(ctx context.Context, be *pool.Conn, cause error) {
+	s := c.srv
+	var frameErr *wire.FrameError
+	var bw errBackendWrite
+	clientLeft := cause != nil && !errors.As(cause, &frameErr) && !errors.Is(cause, errDrain) && !errors.As(cause, &bw)
+	wait := time.Duration(0)
+	if c.syncs.Load() != c.rfqs.Load() {
+		wait = drainTimeout
+		if clientLeft || cause == nil {
+			// Nobody will read the answer: stop the query.
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			be.Cancel(cctx)
+			cancel()
+		}
+	}
+	var res pumpResult
+	if errors.As(cause, &bw) {
+		res = c.stopPump(be, 0)
+		res.clean = false
+	} else {
+		res = c.stopPump(be, wait)
+	}
+	c.backend.Store(nil)
+
+	switch {
+	case errors.As(cause, &frameErr):
+		c.log.Info("closing client after a malformed message", "err", cause)
+		if res.clean && !res.clientGone {
+			c.sendError(cause)
+		}
+	case errors.Is(cause, errDrain):
+		c.sendError(fatal(CodeAdminShutdown, "terminating connection: the sidecar is shutting down", nil))
+	case errors.As(cause, &bw), res.err != nil && !res.clean:
+		c.log.Debug("session ended with its backend connection", "backend_pid", be.PID(), "err", errors.Join(cause, res.err))
+	case cause == nil:
+		c.log.Debug("client terminated")
+	default:
+		c.log.Debug("client connection closed", "err", cause)
+	}
+
+	clean := res.clean && c.cs.atBoundary() && !c.cs.unsynced && !c.bs.copyIn && c.syncs.Load() == c.bs.rfqs
+	if clean && c.bs.txStatus != 'I' {
+		rctx, cancel := context.WithTimeout(ctx, drainTimeout)
+		r, err := be.Exec(rctx, "ROLLBACK")
+		cancel()
+		clean = err == nil && r.TxStatus == 'I'
+	}
+	if clean {
+		s.releaseBackend(ctx, be)
+	} else {
+		s.destroyBackend(be)
+	}
+}
+
+// fatalFrom turns an error from a backend exchange made on the client's
+// behalf at startup into a FATAL for the client.
+func fatalFrom(err error) error {
+	r := errorResponse(err)
+	return &Error{Severity: "FATAL", Code: r.Code, Message: r.Message, Detail: r.Detail, Hint: r.Hint, Err: err}
+}
+
+func newClientReader(nc net.Conn) *bufio.Reader { return bufio.NewReaderSize(nc, clientBufferSize) }
+
+// isServerError reports whether err is an error the server answered with
+// (the exchange completed) rather than a broken connection.
+func isServerError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe)
+}
