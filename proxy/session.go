@@ -111,6 +111,9 @@ func (c *clientConn) startupFailed(err error) {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.log.Debug("client left during startup", "err", err)
 		return
+	case errors.Is(err, os.ErrDeadlineExceeded) && c.srv.draining.Load():
+		c.sendError(fatal(CodeAdminShutdown, "the sidecar is shutting down", nil))
+		return
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.log.Info("client did not finish startup within client_login_timeout")
 		c.sendError(fatal(CodeProtocolViolation, "client did not finish startup within client_login_timeout", err))
@@ -348,8 +351,10 @@ func (c *clientConn) finish(ctx context.Context, be *pool.Conn, cause error) {
 	wait := time.Duration(0)
 	if c.syncs.Load() != c.rfqs.Load() {
 		wait = drainTimeout
-		if clientLeft || cause == nil {
-			// Nobody will read the answer: stop the query.
+		if clientLeft && len(c.pumpDone) == 0 {
+			// Nobody will read the answer: stop the query. (After a
+			// Terminate the queued statements run to completion, as they
+			// would on PostgreSQL.)
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			be.Cancel(cctx)
 			cancel()
