@@ -1,0 +1,160 @@
+// Package integration drives pgsidecar end to end: a real PostgreSQL started
+// by internal/testenv, the real proxy and pool (in process, on loopback
+// ports, or the built binary where the process itself is under test), and
+// real client drivers (pgx, lib/pq, psql, pgbench) plus raw pgproto3 for
+// protocol corner cases.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/clientauth"
+	"github.com/pgsidecar/pgsidecar/internal/testenv"
+	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy"
+)
+
+var env testenv.Shared
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	env.Close()
+	os.Exit(code)
+}
+
+// sidecar is an in-process pgsidecar in front of a test server.
+type sidecar struct {
+	Addr   string
+	Host   string
+	Port   int
+	Server *proxy.Server
+	Pool   *pool.Manager
+}
+
+// sidecarOptions tune startSidecar. Zero values give the package defaults,
+// except where noted.
+type sidecarOptions struct {
+	Proxy proxy.Config
+	Pool  pool.Config
+	// Upstream overrides the upstream URL. Zero: the superuser on pg.
+	Upstream string
+}
+
+// startSidecar runs a proxy and pool in this process on a free loopback
+// port, torn down by t.Cleanup.
+func startSidecar(t testing.TB, pg *testenv.Postgres, opts sidecarOptions) *sidecar {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	pcfg := opts.Pool
+	if pcfg.Upstream == "" {
+		pcfg.Upstream = opts.Upstream
+	}
+	if pcfg.Upstream == "" {
+		pcfg.Upstream = pg.URL(pg.SuperUser, pg.SuperPassword, "postgres")
+	}
+	if pcfg.Logger == nil {
+		pcfg.Logger = logger
+	}
+	if pcfg.Passwords == nil && opts.Proxy.Users != nil {
+		users := opts.Proxy.Users
+		pcfg.Passwords = func(user string) (string, bool) {
+			c, ok := users.Lookup(user)
+			return c.Password, ok && c.Password != ""
+		}
+	}
+	m, err := pool.New(pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xcfg := opts.Proxy
+	xcfg.ListenAddr = "127.0.0.1:0"
+	if xcfg.Logger == nil {
+		xcfg.Logger = logger
+	}
+	srv, err := proxy.New(xcfg, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+		m.Close()
+	})
+	addr := ln.Addr().(*net.TCPAddr)
+	return &sidecar{Addr: addr.String(), Host: "127.0.0.1", Port: addr.Port, Server: srv, Pool: m}
+}
+
+// URL is a postgres:// URL for user on the sidecar.
+func (s *sidecar) URL(user, password, database string, params ...string) string {
+	cred := user
+	if password != "" {
+		cred += ":" + password
+	}
+	q := "sslmode=disable"
+	if len(params) > 0 {
+		q = strings.Join(params, "&")
+		if !strings.Contains(q, "sslmode=") {
+			q += "&sslmode=disable"
+		}
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s?%s", cred, s.Addr, database, q)
+}
+
+// SuperURL is a URL for pg's superuser through the sidecar (which logs in
+// to the backend with the upstream URL's credentials).
+func (s *sidecar) SuperURL(pg *testenv.Postgres, params ...string) string {
+	return s.URL(pg.SuperUser, "", "postgres", params...)
+}
+
+// testLogWriter sends the sidecar's logs to the test log, so they show up
+// only for failing tests (or with -v).
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// uniq returns a name unique within this test binary, for roles, databases
+// and tables that tests create on the shared server.
+func uniq(prefix string) string {
+	return fmt.Sprintf("%s_%d_%d", prefix, os.Getpid(), seq.Add(1))
+}
+
+var seq atomic.Int64
+
+// users builds a credential store from user -> secret pairs.
+func users(t testing.TB, pairs ...string) clientauth.MapStore {
+	t.Helper()
+	s := clientauth.MapStore{}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		c, err := clientauth.NewCredential(pairs[i], pairs[i+1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		s[pairs[i]] = c
+	}
+	return s
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
