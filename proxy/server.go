@@ -269,9 +269,14 @@ func (s *Server) Shutdown(ctx context.Context) (cut int, err error) {
 	}
 	s.lns = nil
 	for c := range s.sessions {
-		// Wake sessions blocked reading their client: idle ones end now,
-		// busy ones when their transaction does.
-		c.nc.SetReadDeadline(time.Now())
+		// Wake idle sessions blocked reading their client so they end now;
+		// busy ones are woken by their pump when their transaction ends,
+		// and ones still logging in are refused. (Only idle sessions are
+		// interrupted: a read deadline that fires on a TLS connection
+		// breaks it for good.)
+		if c.backend.Load() == nil || c.idle() {
+			c.nc.SetReadDeadline(time.Now())
+		}
 	}
 	s.mu.Unlock()
 

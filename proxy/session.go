@@ -62,6 +62,9 @@ type clientConn struct {
 	rfqs     atomic.Int64
 	txStatus atomic.Uint32
 	syncs    atomic.Int64
+	// clientClean: the client's stream ends between messages with no
+	// unsynced extended-protocol message.
+	clientClean atomic.Bool
 
 	// stopping asks the pump to return as soon as the backend is idle.
 	stopping atomic.Bool
@@ -195,6 +198,7 @@ func (c *clientConn) login(ctx context.Context) error {
 	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
 	c.bs.txStatus = 'I'
 	c.txStatus.Store('I')
+	c.clientClean.Store(true)
 	if _, err := c.nc.Write(out); err != nil {
 		s.unregisterCancel(c.cancelKey)
 		c.backend.Store(nil)
@@ -240,6 +244,7 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 		n, rerr := c.br.Read(buf[carry:])
 		n += carry
 		fwd, term, serr := c.cs.scan(buf[:n])
+		c.clientClean.Store(fwd == n && c.cs.atBoundary() && !c.cs.unsynced)
 		if fwd > 0 {
 			c.syncs.Store(c.cs.syncs)
 			if _, err := w.Write(buf[:fwd]); err != nil {
@@ -272,8 +277,9 @@ type errBackendWrite struct{ error }
 
 // idle reports whether the session is between transactions with nothing in
 // flight, as far as the backend's answers show.
+// It is safe to call from any goroutine.
 func (c *clientConn) idle() bool {
-	return c.cs.atBoundary() && !c.cs.unsynced && c.syncs.Load() == c.rfqs.Load() && byte(c.txStatus.Load()) == 'I'
+	return c.clientClean.Load() && c.syncs.Load() == c.rfqs.Load() && byte(c.txStatus.Load()) == 'I'
 }
 
 // pumpBackend copies the backend's messages to the client until told to
