@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what the full test suite and the benchmarks need, when missing:
+#   postgresql-15         initdb and postgres in /usr/lib/postgresql/15/bin (and pgbench)
+#   postgresql-client-15  psql
+#   redis-server          the result cache's L2 tier in tests
+#   pgbouncer             the baseline in benchmarks
+#
+# Idempotent: it does nothing when everything is there. As root it runs
+# `apt-get update` once and installs only what is missing, without starting
+# any service (Debian's postinst scripts would otherwise start redis-server on
+# 6379 and pgbouncer on 6432). Not as root, it lists what is missing and exits
+# 0: tests that need a missing server then skip, or fail under CI=true.
+set -euo pipefail
+
+PG_MAJOR="${PG_MAJOR:-15}"
+PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
+
+have() { # have NAME: a command on PATH or in an sbin directory
+	command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/usr/local/sbin/$1" ]]
+}
+
+missing=()
+[[ -x "$PG_BIN/initdb" && -x "$PG_BIN/postgres" && -x "$PG_BIN/pgbench" ]] || missing+=("postgresql-${PG_MAJOR}")
+[[ -x "$PG_BIN/psql" ]] || missing+=("postgresql-client-${PG_MAJOR}")
+have redis-server || missing+=(redis-server)
+have pgbouncer || missing+=(pgbouncer)
+
+if ((${#missing[@]} == 0)); then
+	echo "install-deps: PostgreSQL ${PG_MAJOR}, Redis and PgBouncer are installed"
+	exit 0
+fi
+
+if [[ "$(id -u)" != 0 ]]; then
+	echo "install-deps: missing packages: ${missing[*]}"
+	echo "install-deps: not root, so not installing them; run as root, or:"
+	echo "    sudo apt-get install -y --no-install-recommends ${missing[*]}"
+	echo "install-deps: tests that need them will skip (and fail under CI=true)"
+	exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "install-deps: missing packages: ${missing[*]}, and no apt-get to install them" >&2
+	exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+
+# Forbid service starts while installing: invoke-rc.d asks policy-rc.d, and
+# 101 means "action not allowed". An existing policy is put back afterwards.
+policy=/usr/sbin/policy-rc.d
+backup=""
+if [[ -e "$policy" ]]; then
+	backup="$(mktemp)"
+	cp -p "$policy" "$backup"
+fi
+restore_policy() {
+	if [[ -n "$backup" ]]; then
+		mv -f "$backup" "$policy"
+	else
+		rm -f "$policy"
+	fi
+}
+trap restore_policy EXIT
+printf '#!/bin/sh\nexit 101\n' >"$policy"
+chmod 0755 "$policy"
+
+export DEBIAN_FRONTEND=noninteractive
+retry() { # retry CMD...: up to 3 tries, for a flaky mirror
+	local i
+	for i in 1 2 3; do
+		"$@" && return 0
+		echo "install-deps: try $i of 3 failed: $*" >&2
+		((i < 3)) && sleep $((i * 5))
+	done
+	return 1
+}
+retry apt-get update -qq
+retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# Belt and braces: should a service have started anyway (a system whose
+# init ignores policy-rc.d), stop the ones installed just now and keep
+# them from starting at boot.
+for svc in redis-server pgbouncer; do
+	[[ " ${missing[*]} " == *" $svc "* ]] || continue # not ours: leave it alone
+	if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+		systemctl disable --now "$svc" >/dev/null 2>&1 || true
+	elif [[ -x "/etc/init.d/$svc" ]]; then
+		"/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+	fi
+done
+
+[[ -x "$PG_BIN/initdb" ]] || { echo "install-deps: $PG_BIN/initdb still missing after install" >&2; exit 1; }
+echo "install-deps: done"
