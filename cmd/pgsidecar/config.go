@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgsidecar/pgsidecar/internal/clientauth"
 )
 
 // Config is the whole pgsidecar configuration as the user wrote it, after
@@ -64,7 +67,8 @@ type LogConfig struct {
 
 // setting is one scalar configuration key: its YAML key (dotted inside a
 // section), its flag and default, and what it means. Its environment
-// variable is envName(flag). The maps databases and users are file-only.
+// variable is envName(flag). The map databases is file-only; users can also
+// come from PGSIDECAR_USERS in userlist.txt format.
 type setting struct {
 	key   string
 	flag  string
@@ -191,6 +195,20 @@ func loadConfig(fs *pflag.FlagSet, opts cliOptions) (Config, error) {
 			errs = append(errs, fmt.Errorf("config file %s: %w", path, err))
 		}
 		cfg.Databases, cfg.Users = maps.Databases, maps.Users
+	}
+	if list := os.Getenv(envName("users")); list != "" {
+		// Users from the environment (for example a Kubernetes Secret), in
+		// userlist.txt format; they win over the file's users map.
+		fromEnv, err := clientauth.ParseUserlist(strings.NewReader(list))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", envName("users"), err))
+		}
+		if len(fromEnv) > 0 && cfg.Users == nil {
+			cfg.Users = map[string]string{}
+		}
+		for user, cred := range fromEnv {
+			cfg.Users[user] = cmp.Or(cred.Password, cred.SCRAM, cred.MD5)
+		}
 	}
 	return cfg, errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -467,5 +468,24 @@ func TestLoggerLevel(t *testing.T) {
 	log.Warn("shown")
 	if strings.Contains(buf.String(), "hidden") || !strings.Contains(buf.String(), "shown") {
 		t.Errorf("log output %q, want only the warning", buf.String())
+	}
+}
+
+func TestUsersFromEnvOverrideFile(t *testing.T) {
+	path := writeFile(t, "c.yaml", `
+upstream: postgres://db/app
+users:
+  alice: from-file
+  carol: kept
+`)
+	t.Setenv("PGSIDECAR_USERS", "\"alice\" \"from-env\"\n\"Bob\" \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n")
+	cfg := mustParse(t, "--config", path)
+	want := map[string]string{"alice": "from-env", "Bob": "md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "carol": "kept"}
+	if !reflect.DeepEqual(cfg.Users, want) {
+		t.Fatalf("users = %v, want %v", cfg.Users, want)
+	}
+	t.Setenv("PGSIDECAR_USERS", "\"broken")
+	if _, err := parse(t, "--config", path); err == nil || !strings.Contains(err.Error(), "PGSIDECAR_USERS") {
+		t.Fatalf("a malformed PGSIDECAR_USERS must be reported, got %v", err)
 	}
 }
