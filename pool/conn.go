@@ -83,10 +83,14 @@ func (c *Conn) Reader() *bufio.Reader { return c.br }
 // PID is the backend's process id.
 func (c *Conn) PID() uint32 { return c.pid }
 
-// Params is the server's last known ParameterStatus set. The caller must not
-// modify it; it reflects the state after the last exchange the pool or Exec
-// ran, not changes made by a client since.
+// Params is the server's ParameterStatus set as last reported. The caller
+// must not modify it; it is exact as long as the holder passes every report
+// it relays to NoteParameterStatus.
 func (c *Conn) Params() map[string]string { return c.params }
+
+// NoteParameterStatus records a ParameterStatus the server sent while the
+// connection was lent, so Params stays exact. Only the holder calls it.
+func (c *Conn) NoteParameterStatus(name, value string) { c.params[name] = value }
 
 // Key is the pool this connection belongs to.
 func (c *Conn) Key() Key { return c.pool.key }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"github.com/pgsidecar/pgsidecar/internal/wire"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // frameState follows message boundaries through a byte stream that arrives
@@ -107,7 +108,18 @@ type backendScan struct {
 	wantZ    bool  // the next body byte is a ReadyForQuery status
 	copyIn   bool  // the server asked for COPY data and has not finished
 	last     byte  // type of the last message header seen
+
+	// ParameterStatus bodies are collected (they are rare and small) so
+	// the backend's record of its reported settings stays exact: the
+	// server reports a setting only when it differs from what it last
+	// reported, so every report must be seen.
+	param   []byte
+	inParam bool
+	be      *pool.Conn // receives completed reports; nil in tests
 }
+
+// maxParamStatus bounds a collected ParameterStatus body.
+const maxParamStatus = 64 << 10
 
 // scan walks a chunk read from the backend. It only fails on a length no
 // server sends, which means the stream is not PostgreSQL.
@@ -121,8 +133,14 @@ func (s *backendScan) scan(p []byte) error {
 				s.rfqs++
 			}
 			k := min(s.remain, len(p)-i)
+			if s.inParam {
+				s.param = append(s.param, p[i:i+k]...)
+			}
 			s.remain -= k
 			i += k
+			if s.inParam && s.remain == 0 {
+				s.paramDone()
+			}
 			continue
 		}
 		var ok bool
@@ -143,7 +161,27 @@ func (s *backendScan) scan(p []byte) error {
 			s.copyIn = true
 		case 'C', 'E':
 			s.copyIn = false
+		case 'S':
+			if s.remain <= maxParamStatus {
+				s.inParam = true
+				s.param = s.param[:0]
+				if s.remain == 0 {
+					s.paramDone()
+				}
+			}
 		}
 	}
 	return nil
+}
+
+func (s *backendScan) paramDone() {
+	s.inParam = false
+	name, rest, ok := cstring(s.param)
+	if !ok {
+		return
+	}
+	value, _, ok := cstring(rest)
+	if ok && s.be != nil {
+		s.be.NoteParameterStatus(name, value)
+	}
 }

@@ -116,6 +116,7 @@ func TestBackendScanTracksReadyForQuery(t *testing.T) {
 		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("a")}}},
 		&pgproto3.DataRow{Values: [][]byte{[]byte("1")}},
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+		&pgproto3.ParameterStatus{Name: "TimeZone", Value: "Asia/Tokyo"},
 		&pgproto3.ReadyForQuery{TxStatus: 'T'},
 		&pgproto3.CopyInResponse{},
 	)
@@ -125,6 +126,9 @@ func TestBackendScanTracksReadyForQuery(t *testing.T) {
 			if err := s.scan(stream[i:min(i+n, len(stream))]); err != nil {
 				t.Fatal(err)
 			}
+		}
+		if string(s.param) != "TimeZone\x00Asia/Tokyo\x00" || s.inParam {
+			t.Fatalf("chunk %d: collected ParameterStatus %q", n, s.param)
 		}
 		if s.rfqs != 1 || s.txStatus != 'T' || !s.copyIn || !s.atBoundary() || s.last != 'G' {
 			t.Fatalf("chunk %d: rfqs=%d status=%q copyIn=%v boundary=%v", n, s.rfqs, s.txStatus, s.copyIn, s.atBoundary())

@@ -161,7 +161,7 @@ func (c *clientConn) login(ctx context.Context) error {
 	be, err := s.backends.Acquire(actx, c.key)
 	cancel()
 	if err != nil {
-		return err
+		return fatalFrom(err)
 	}
 	if sql := setConfigSQL(c.st.params, be.Params()); sql != "" {
 		actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
@@ -197,6 +197,7 @@ func (c *clientConn) login(ctx context.Context) error {
 	out, _ = (&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}).Encode(out)
 	out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
 	c.bs.txStatus = 'I'
+	c.bs.be = be
 	c.txStatus.Store('I')
 	c.clientClean.Store(true)
 	if _, err := c.nc.Write(out); err != nil {
@@ -340,6 +341,12 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 // arrived, waiting at most wait for that, and returns how it stopped.
 func (c *clientConn) stopPump(be *pool.Conn, wait time.Duration) pumpResult {
 	c.stopping.Store(true)
+	if c.syncs.Load() == c.rfqs.Load() {
+		// Every answer may already be in: the pump could be blocked in a
+		// read that nothing will satisfy. (If the last ReadyForQuery is
+		// still in flight the pump sees stopping after reading it.)
+		wait = 0
+	}
 	be.NetConn().SetReadDeadline(time.Now().Add(wait))
 	res := <-c.pumpDone
 	be.NetConn().SetReadDeadline(time.Time{})
