@@ -240,9 +240,16 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 	buf := *bufp
 	c.cs.max = c.srv.cfg.MaxMessageBytes
 	carry := 0
-	w := be.NetConn()
+	w := newSockIO(be.NetConn())
+	cr := newSockIO(c.nc)
 	for {
-		n, rerr := c.br.Read(buf[carry:])
+		var n int
+		var rerr error
+		if c.br.Buffered() > 0 {
+			n, rerr = c.br.Read(buf[carry:])
+		} else {
+			n, rerr = cr.Read(buf[carry:])
+		}
 		n += carry
 		fwd, term, serr := c.cs.scan(buf[:n])
 		c.clientClean.Store(fwd == n && c.cs.atBoundary() && !c.cs.unsynced)
@@ -292,9 +299,17 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 	defer forwardBuffers.Put(bufp)
 	buf := *bufp
 	r := be.Reader()
+	br := newSockIO(be.NetConn())
+	cw := newSockIO(c.nc)
 	var res pumpResult
 	for {
-		n, rerr := r.Read(buf)
+		var n int
+		var rerr error
+		if r.Buffered() > 0 {
+			n, rerr = r.Read(buf)
+		} else {
+			n, rerr = br.Read(buf)
+		}
 		if n > 0 {
 			if err := c.bs.scan(buf[:n]); err != nil {
 				res.err = err
@@ -303,7 +318,7 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 			c.rfqs.Store(c.bs.rfqs)
 			c.txStatus.Store(uint32(c.bs.txStatus))
 			if !res.clientGone {
-				if _, err := c.nc.Write(buf[:n]); err != nil {
+				if _, err := cw.Write(buf[:n]); err != nil {
 					res.clientGone = true
 				}
 			}

@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// sockIO reads and writes a plain TCP socket with raw non-blocking system
+// calls, waiting through Go's poller only when the socket is not ready.
+//
+// Why: a relay's writes to loopback often get the thread preempted inside
+// the system call (the write wakes the peer). With ordinary system calls the
+// runtime then hands the thread's P to another thread, and the extra
+// wake-ups and sleeps cost more CPU than the relay itself. A raw call on a
+// non-blocking socket never blocks, so the runtime does not need to know.
+// TLS and other connections fall back to their own Read and Write.
+//
+// A sockIO is used by one goroutine per direction (one reader, one writer).
+type sockIO struct {
+	conn net.Conn
+	rc   syscall.RawConn // nil: use conn
+
+	// State for the callbacks, bound once so a call does not allocate.
+	rbuf   []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wbuf    []byte
+	wn      int
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+func newSockIO(c net.Conn) *sockIO {
+	s := &sockIO{conn: c}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			s.rc = rc
+		}
+	}
+	s.readFn = s.doRead
+	s.writeFn = s.doWrite
+	return s
+}
+
+func (s *sockIO) doRead(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.rbuf))), uintptr(len(s.rbuf)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		s.rn, s.rerrno = int(r), e
+		return true
+	}
+}
+
+// Read reads what the socket has, waiting until it has something.
+func (s *sockIO) Read(p []byte) (int, error) {
+	if s.rc == nil {
+		return s.conn.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.rbuf, s.rn, s.rerrno = p, 0, 0
+	err := s.rc.Read(s.readFn)
+	s.rbuf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case s.rerrno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("read", s.rerrno)}
+	case s.rn == 0:
+		return 0, io.EOF
+	}
+	return s.rn, nil
+}
+
+func (s *sockIO) doWrite(fd uintptr) bool {
+	for s.wn < len(s.wbuf) {
+		rest := s.wbuf[s.wn:]
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
+		switch e {
+		case 0:
+			s.wn += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+	return true
+}
+
+// Write writes all of p, waiting for the socket to drain when it is full.
+func (s *sockIO) Write(p []byte) (int, error) {
+	if s.rc == nil {
+		return s.conn.Write(p)
+	}
+	s.wbuf, s.wn, s.werrno = p, 0, 0
+	err := s.rc.Write(s.writeFn)
+	n := s.wn
+	s.wbuf = nil
+	switch {
+	case err != nil:
+		return n, err
+	case s.werrno != 0:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("write", s.werrno)}
+	}
+	return n, nil
+}
