@@ -12,13 +12,13 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -218,14 +218,14 @@ func startSidecar(ctx context.Context, o options, upstream string) (*proc, error
 	return &proc{cmd: cmd, port: port, pid: cmd.Process.Pid}, nil
 }
 
-func startPgBouncer(ctx context.Context, o options, dir string, pg *testenv.Postgres, user, password, db string) (*proc, error) {
+func startPgBouncer(ctx context.Context, o options, dir string, pg *testenv.Postgres, dbUser, password, db string) (*proc, error) {
 	port, err := testenv.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	users := filepath.Join(dir, "userlist.txt")
 	ini := filepath.Join(dir, "pgbouncer.ini")
-	if err := os.WriteFile(users, []byte(fmt.Sprintf("%q %q\n", user, password)), 0o644); err != nil {
+	if err := os.WriteFile(users, []byte(fmt.Sprintf("%q %q\n", dbUser, password)), 0o644); err != nil {
 		return nil, err
 	}
 	conf := fmt.Sprintf(`[databases]
@@ -241,18 +241,23 @@ default_pool_size = %d
 max_client_conn = 10000
 server_reset_query = DISCARD ALL
 logfile = %s
-`, db, pg.Host, pg.Port, db, user, password, port, users, o.poolSize, filepath.Join(dir, "pgbouncer.log"))
+`, db, pg.Host, pg.Port, db, dbUser, password, port, users, o.poolSize, filepath.Join(dir, "pgbouncer.log"))
 	if err := os.WriteFile(ini, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	args := []string{o.pgbouncer, ini}
-	if os.Geteuid() == 0 {
-		// PgBouncer refuses to run as root.
-		args = append([]string{"runuser", "-u", "postgres", "--"}, args...)
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd := exec.Command(o.pgbouncer, "-q", ini) // it logs to logfile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if os.Geteuid() == 0 {
+		// PgBouncer refuses to run as root: run it as the postgres user,
+		// which also owns the temporary directory's files it reads.
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("pgbouncer cannot run as root and there is no postgres user: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -267,15 +272,7 @@ logfile = %s
 		stop(cmd)
 		return nil, fmt.Errorf("pgbouncer did not start: %w", err)
 	}
-	p := &proc{cmd: cmd, port: port, pid: cmd.Process.Pid}
-	if os.Geteuid() == 0 {
-		// Account CPU to pgbouncer itself, not to runuser.
-		if p.pid, err = childPID(cmd.Process.Pid); err != nil {
-			stop(cmd)
-			return nil, fmt.Errorf("find pgbouncer under runuser: %w", err)
-		}
-	}
-	return p, nil
+	return &proc{cmd: cmd, port: port, pid: cmd.Process.Pid}, nil
 }
 
 func pgbench(env []string, o options, dir string, t target, user, db, mode string, clients int) (result, error) {
@@ -368,18 +365,6 @@ func cpuTime(pid int) time.Duration {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
 	return time.Duration(ut+st) * time.Second / clkTck
-}
-
-func childPID(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0, errors.New("no child")
-	}
-	return strconv.Atoi(f[0])
 }
 
 func findPgBouncer() string {
