@@ -48,7 +48,7 @@ func main() {
 	flag.StringVar(&o.pgbouncer, "pgbouncer", "", "pgbouncer binary (default: from PATH or /usr/sbin; skipped when absent)")
 	flag.DurationVar(&o.duration, "duration", 15*time.Second, "length of each pgbench run")
 	flag.StringVar(&o.clients, "clients", "16", "comma-separated pgbench client counts")
-	flag.StringVar(&o.modes, "modes", "simple,prepared", "comma-separated pgbench -M modes")
+	flag.StringVar(&o.modes, "modes", "simple,extended,prepared,connect", "comma-separated pgbench -M modes; connect is -M simple -C (a new connection per transaction)")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "backend pool size for pgsidecar and PgBouncer")
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale")
 	flag.IntVar(&o.threads, "threads", 2, "pgbench -j")
@@ -277,9 +277,14 @@ logfile = %s
 
 func pgbench(env []string, o options, dir string, t target, user, db, mode string, clients int) (result, error) {
 	prefix := filepath.Join(dir, fmt.Sprintf("log-%s-%s-%d", t.name, mode, clients))
-	args := []string{"-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(o.threads, clients)),
+	proto := []string{"-M", mode}
+	if mode == "connect" {
+		proto = []string{"-M", "simple", "-C"}
+	}
+	args := append([]string{"-n", "-S"}, proto...)
+	args = append(args, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(o.threads, clients)),
 		"-T", strconv.Itoa(int(o.duration.Seconds())), "-l", "--log-prefix", prefix,
-		"-h", "127.0.0.1", "-p", strconv.Itoa(t.port), "-U", user, db}
+		"-h", "127.0.0.1", "-p", strconv.Itoa(t.port), "-U", user, db)
 	cpu0 := cpuTime(t.pid)
 	out, err := command(env, "pgbench", args...).CombinedOutput()
 	cpu1 := cpuTime(t.pid)
@@ -287,7 +292,7 @@ func pgbench(env []string, o options, dir string, t target, user, db, mode strin
 		return result{}, fmt.Errorf("pgbench: %v\n%s", err, out)
 	}
 	var res result
-	if m := regexp.MustCompile(`tps = ([0-9.]+) \(without initial`).FindSubmatch(out); m != nil {
+	if m := regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial|including reconnection)`).FindSubmatch(out); m != nil {
 		res.tps, _ = strconv.ParseFloat(string(m[1]), 64)
 	} else {
 		return res, fmt.Errorf("no tps in pgbench output:\n%s", out)
