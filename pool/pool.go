@@ -228,6 +228,7 @@ func (m *Manager) Release(ctx context.Context, c *Conn) {
 		panic("pool: Release of a Conn that is not acquired")
 	}
 	if m.cfg.Lifetime > 0 && time.Since(res.CreationTime()) > m.cfg.Lifetime {
+		m.stats.reaped.Add(1)
 		res.Destroy()
 		return
 	}
@@ -289,7 +290,8 @@ func (m *Manager) Probe(ctx context.Context) error {
 func (m *Manager) Reachable() bool { return m.reachable.Load() }
 
 // Close closes every pool: idle connections at once, lent ones when they
-// come back. It is safe to call more than once.
+// come back; it waits until every lent connection has been released or
+// destroyed, so stop the sessions first. It is safe to call more than once.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	if m.closed.Swap(true) {
@@ -330,10 +332,14 @@ func (m *Manager) maintain() {
 
 func (kp *keyPool) maintain() {
 	cfg := &kp.m.cfg
+	// puddle destroys asynchronously: its count drops only once the
+	// destructor has run, so count what this round leaves open here.
+	total := kp.p.Stat().TotalResources()
 	for _, res := range kp.p.AcquireAllIdle() {
 		tooOld := cfg.Lifetime > 0 && time.Since(res.CreationTime()) > cfg.Lifetime
 		tooIdle := cfg.IdleTimeout > 0 && res.IdleDuration() > cfg.IdleTimeout
-		if (tooOld || tooIdle) && kp.p.Stat().TotalResources() > int32(cfg.MinPoolSize) {
+		if (tooOld || tooIdle) && total > int32(cfg.MinPoolSize) {
+			total--
 			kp.m.stats.reaped.Add(1)
 			res.Destroy()
 			continue
