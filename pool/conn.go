@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/puddle/v2"
 
+	"github.com/pgsidecar/pgsidecar/internal/sockio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 )
 
@@ -29,6 +31,7 @@ const maxServerMessage = 1 << 20
 // reads from Reader() and writes to NetConn() directly.
 type Conn struct {
 	nc     net.Conn
+	sock   *sockio.Conn
 	br     *bufio.Reader
 	pid    uint32
 	secret []byte
@@ -62,9 +65,11 @@ func dial(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 	for k, v := range hc.ParameterStatuses {
 		params[k] = v
 	}
+	sock := sockio.New(hc.Conn)
 	return &Conn{
 		nc:     hc.Conn,
-		br:     bufio.NewReaderSize(hc.Conn, readBufferSize),
+		sock:   sock,
+		br:     bufio.NewReaderSize(sock, readBufferSize),
 		pid:    hc.PID,
 		secret: hc.SecretKey,
 		params: params,
@@ -73,12 +78,16 @@ func dial(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 	}, nil
 }
 
-// NetConn is the backend socket, for writing.
+// NetConn is the backend socket, for deadlines.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 
 // Reader is the buffered reader over the backend socket. Anything read
-// through it belongs to the current holder of c.
+// through it belongs to the current holder of c. A read larger than what
+// is buffered goes straight to the socket, without a copy.
 func (c *Conn) Reader() *bufio.Reader { return c.br }
+
+// Writer writes to the backend socket (raw system calls on plain TCP).
+func (c *Conn) Writer() io.Writer { return c.sock }
 
 // PID is the backend's process id.
 func (c *Conn) PID() uint32 { return c.pid }
@@ -172,7 +181,7 @@ func (c *Conn) Exec(ctx context.Context, sql string) (Result, error) {
 		defer c.nc.SetDeadline(time.Time{})
 	}
 	out, _ := (&pgproto3.Query{String: sql}).Encode(c.buf[:0])
-	if _, err := c.nc.Write(out); err != nil {
+	if _, err := c.sock.Write(out); err != nil {
 		return res, err
 	}
 	var serverErr *pgconn.PgError

@@ -157,16 +157,15 @@ func (s *Server) start(nc net.Conn) {
 	c := &clientConn{
 		srv:     s,
 		id:      s.nextID,
-		nc:      nc,
 		scratch: make([]byte, 0, 512),
 	}
+	c.setConn(nc)
 	s.sessions[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.clients.Add(1)
 	s.stats.accepted.Add(1)
 	c.log = s.log.With("conn", c.id, "client", nc.RemoteAddr().String())
-	c.br = newClientReader(nc)
 	go func() {
 		defer s.wg.Done()
 		defer func() {

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/clientauth"
+	"github.com/pgsidecar/pgsidecar/internal/sockio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -41,8 +42,9 @@ var forwardBuffers = sync.Pool{New: func() any { b := make([]byte, forwardBuffer
 type clientConn struct {
 	srv     *Server
 	id      uint64
-	nc      net.Conn
-	br      *bufio.Reader
+	nc      net.Conn      // for deadlines and Close
+	cio     *sockio.Conn  // reads and writes
+	br      *bufio.Reader // over cio
 	tls     bool
 	log     *slog.Logger
 	scratch []byte
@@ -133,7 +135,7 @@ func (c *clientConn) sendError(err error) {
 		return
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	c.nc.Write(buf)
+	c.cio.Write(buf)
 }
 
 // login authenticates the client, gets its backend ready and sends the
@@ -149,7 +151,7 @@ func (c *clientConn) login(ctx context.Context) error {
 	var out []byte
 	if npv := negotiateVersion(c.st); npv != nil {
 		out, _ = npv.Encode(out)
-		if _, err := c.nc.Write(out); err != nil {
+		if _, err := c.cio.Write(out); err != nil {
 			return err
 		}
 	}
@@ -200,7 +202,7 @@ func (c *clientConn) login(ctx context.Context) error {
 	c.bs.be = be
 	c.txStatus.Store('I')
 	c.clientClean.Store(true)
-	if _, err := c.nc.Write(out); err != nil {
+	if _, err := c.cio.Write(out); err != nil {
 		s.unregisterCancel(c.cancelKey)
 		c.backend.Store(nil)
 		s.releaseBackend(ctx, be)
@@ -217,7 +219,7 @@ func (a authConn) Send(msg pgproto3.BackendMessage) error {
 	if err != nil {
 		return err
 	}
-	_, err = a.c.nc.Write(buf)
+	_, err = a.c.cio.Write(buf)
 	return err
 }
 
@@ -240,16 +242,9 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 	buf := *bufp
 	c.cs.max = c.srv.cfg.MaxMessageBytes
 	carry := 0
-	w := newSockIO(be.NetConn())
-	cr := newSockIO(c.nc)
+	w := be.Writer()
 	for {
-		var n int
-		var rerr error
-		if c.br.Buffered() > 0 {
-			n, rerr = c.br.Read(buf[carry:])
-		} else {
-			n, rerr = cr.Read(buf[carry:])
-		}
+		n, rerr := c.br.Read(buf[carry:])
 		n += carry
 		fwd, term, serr := c.cs.scan(buf[:n])
 		c.clientClean.Store(fwd == n && c.cs.atBoundary() && !c.cs.unsynced)
@@ -299,17 +294,9 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 	defer forwardBuffers.Put(bufp)
 	buf := *bufp
 	r := be.Reader()
-	br := newSockIO(be.NetConn())
-	cw := newSockIO(c.nc)
 	var res pumpResult
 	for {
-		var n int
-		var rerr error
-		if r.Buffered() > 0 {
-			n, rerr = r.Read(buf)
-		} else {
-			n, rerr = br.Read(buf)
-		}
+		n, rerr := r.Read(buf)
 		if n > 0 {
 			if err := c.bs.scan(buf[:n]); err != nil {
 				res.err = err
@@ -318,7 +305,7 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 			c.rfqs.Store(c.bs.rfqs)
 			c.txStatus.Store(uint32(c.bs.txStatus))
 			if !res.clientGone {
-				if _, err := cw.Write(buf[:n]); err != nil {
+				if _, err := c.cio.Write(buf[:n]); err != nil {
 					res.clientGone = true
 				}
 			}
@@ -434,7 +421,12 @@ func fatalFrom(err error) error {
 	return &Error{Severity: "FATAL", Code: r.Code, Message: r.Message, Detail: r.Detail, Hint: r.Hint, Err: err}
 }
 
-func newClientReader(nc net.Conn) *bufio.Reader { return bufio.NewReaderSize(nc, clientBufferSize) }
+// setConn makes nc the client connection: plain TCP until TLS replaces it.
+func (c *clientConn) setConn(nc net.Conn) {
+	c.nc = nc
+	c.cio = sockio.New(nc)
+	c.br = bufio.NewReaderSize(c.cio, clientBufferSize)
+}
 
 // isServerError reports whether err is an error the server answered with
 // (the exchange completed) rather than a broken connection.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -46,7 +45,7 @@ func (c *clientConn) readStartup() (*startup, error) {
 			}
 			tlsDone = true
 		case code == wire.GSSENCRequestCode:
-			if _, err := c.nc.Write([]byte{'N'}); err != nil {
+			if _, err := c.cio.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
 		case code == wire.CancelRequestCode:
@@ -67,7 +66,7 @@ var errCancelRequest = errors.New("cancel request handled")
 
 func (c *clientConn) negotiateTLS() error {
 	if c.srv.cfg.TLS == nil || c.srv.cfg.TLSMode == TLSDisable {
-		_, err := c.nc.Write([]byte{'N'})
+		_, err := c.cio.Write([]byte{'N'})
 		return err
 	}
 	// Bytes the client sent after SSLRequest and before the handshake would
@@ -75,15 +74,14 @@ func (c *clientConn) negotiateTLS() error {
 	if c.br.Buffered() > 0 {
 		return fatal(CodeProtocolViolation, "received unencrypted data after SSL request", nil)
 	}
-	if _, err := c.nc.Write([]byte{'S'}); err != nil {
+	if _, err := c.cio.Write([]byte{'S'}); err != nil {
 		return err
 	}
 	tc := tls.Server(c.nc, c.srv.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
-	c.nc = tc
-	c.br = bufio.NewReaderSize(tc, clientBufferSize)
+	c.setConn(tc)
 	c.tls = true
 	return nil
 }

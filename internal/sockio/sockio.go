@@ -1,4 +1,8 @@
-package proxy
+// Package sockio reads and writes plain TCP sockets with raw non-blocking
+// system calls, waiting through Go's poller only when a socket is not ready.
+// Both sides of the relay use it: the proxy for clients, the pool for
+// backends.
+package sockio
 
 import (
 	"io"
@@ -8,7 +12,7 @@ import (
 	"unsafe"
 )
 
-// sockIO reads and writes a plain TCP socket with raw non-blocking system
+// Conn reads and writes a plain TCP socket with raw non-blocking system
 // calls, waiting through Go's poller only when the socket is not ready.
 //
 // Why: a relay's writes to loopback often get the thread preempted inside
@@ -18,8 +22,9 @@ import (
 // non-blocking socket never blocks, so the runtime does not need to know.
 // TLS and other connections fall back to their own Read and Write.
 //
-// A sockIO is used by one goroutine per direction (one reader, one writer).
-type sockIO struct {
+// A Conn may be used by one reader and one writer at a time. Deadlines and
+// Close are the underlying net.Conn's.
+type Conn struct {
 	conn net.Conn
 	rc   syscall.RawConn // nil: use conn
 
@@ -35,8 +40,10 @@ type sockIO struct {
 	writeFn func(fd uintptr) bool
 }
 
-func newSockIO(c net.Conn) *sockIO {
-	s := &sockIO{conn: c}
+// New wraps c. Reads and writes go through raw system calls when c is a
+// *net.TCPConn, and through c itself otherwise (TLS, for example).
+func New(c net.Conn) *Conn {
+	s := &Conn{conn: c}
 	if tc, ok := c.(*net.TCPConn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
 			s.rc = rc
@@ -47,7 +54,7 @@ func newSockIO(c net.Conn) *sockIO {
 	return s
 }
 
-func (s *sockIO) doRead(fd uintptr) bool {
+func (s *Conn) doRead(fd uintptr) bool {
 	for {
 		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.rbuf))), uintptr(len(s.rbuf)))
 		switch e {
@@ -62,7 +69,7 @@ func (s *sockIO) doRead(fd uintptr) bool {
 }
 
 // Read reads what the socket has, waiting until it has something.
-func (s *sockIO) Read(p []byte) (int, error) {
+func (s *Conn) Read(p []byte) (int, error) {
 	if s.rc == nil {
 		return s.conn.Read(p)
 	}
@@ -83,7 +90,7 @@ func (s *sockIO) Read(p []byte) (int, error) {
 	return s.rn, nil
 }
 
-func (s *sockIO) doWrite(fd uintptr) bool {
+func (s *Conn) doWrite(fd uintptr) bool {
 	for s.wn < len(s.wbuf) {
 		rest := s.wbuf[s.wn:]
 		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
@@ -102,7 +109,7 @@ func (s *sockIO) doWrite(fd uintptr) bool {
 }
 
 // Write writes all of p, waiting for the socket to drain when it is full.
-func (s *sockIO) Write(p []byte) (int, error) {
+func (s *Conn) Write(p []byte) (int, error) {
 	if s.rc == nil {
 		return s.conn.Write(p)
 	}
