@@ -53,6 +53,13 @@ type clientScan struct {
 	syncs    int64 // Query, Sync and FunctionCall messages: each earns one ReadyForQuery
 	unsynced bool  // extended-protocol messages sent since the last Sync
 	max      int   // max_message_bytes
+
+	// PostgreSQL ignores Sync while a COPY FROM STDIN runs (libpq sends
+	// one right after the Execute that starts it): Syncs sent after the
+	// last Execute or Query are uncounted at the CopyDone or CopyFail that
+	// ends a copy the server started.
+	syncsSinceExec int64
+	copyEnded      bool // a CopyDone or CopyFail ended a server-started copy
 }
 
 // atBoundary reports whether everything forwarded so far ends between
@@ -64,7 +71,10 @@ func (s *clientScan) atBoundary() bool { return s.remain == 0 }
 // caller keeps and presents again with the next read, so a header is only
 // ever forwarded whole and checked), or the bytes before a Terminate (term)
 // or before a malformed header (err).
-func (s *clientScan) scan(p []byte) (n int, term bool, err error) {
+//
+// copyIn says whether the server has started a COPY FROM STDIN that the
+// client has not ended yet.
+func (s *clientScan) scan(p []byte, copyIn bool) (n int, term bool, err error) {
 	i := 0
 	for {
 		if s.remain > 0 {
@@ -85,13 +95,26 @@ func (s *clientScan) scan(p []byte) (n int, term bool, err error) {
 			return i, false, &wire.FrameError{Type: typ, Length: l, Err: wire.ErrMessageTooLarge}
 		}
 		switch typ {
-		case 'Q', 'F':
+		case 'Q':
+			s.syncs++
+			s.syncsSinceExec = 0
+		case 'F':
 			s.syncs++
 		case 'S':
 			s.syncs++
+			s.syncsSinceExec++
 			s.unsynced = false
-		case 'P', 'B', 'E', 'D', 'C', 'H':
+		case 'E':
+			s.syncsSinceExec = 0
 			s.unsynced = true
+		case 'P', 'B', 'D', 'C', 'H':
+			s.unsynced = true
+		case 'c', 'f':
+			if copyIn && !s.copyEnded {
+				s.syncs -= s.syncsSinceExec
+				s.syncsSinceExec = 0
+				s.copyEnded = true
+			}
 		case 'X':
 			return i, true, nil
 		}
@@ -107,7 +130,9 @@ type backendScan struct {
 	txStatus byte  // status byte of the last ReadyForQuery
 	wantZ    bool  // the next body byte is a ReadyForQuery status
 	copyIn   bool  // the server asked for COPY data and has not finished
-	last     byte  // type of the last message header seen
+	// copyStarts counts CopyInResponse messages.
+	copyStarts int64
+	last       byte // type of the last message header seen
 
 	// ParameterStatus bodies are collected (they are rare and small) so
 	// the backend's record of its reported settings stays exact: the
@@ -159,6 +184,7 @@ func (s *backendScan) scan(p []byte) error {
 			s.copyIn = false
 		case 'G':
 			s.copyIn = true
+			s.copyStarts++
 		case 'C', 'E':
 			s.copyIn = false
 		case 'S':

@@ -30,7 +30,7 @@ func feedClient(s *clientScan, stream []byte, n int) (fwd []byte, term bool, err
 		k := min(n, len(stream))
 		buf := append(pending, stream[:k]...)
 		stream = stream[k:]
-		f, t, e := s.scan(buf)
+		f, t, e := s.scan(buf, false)
 		fwd = append(fwd, buf[:f]...)
 		if t || e != nil {
 			return fwd, t, e
@@ -147,7 +147,7 @@ func BenchmarkClientScan(b *testing.B) {
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := s.scan(stream); err != nil {
+		if _, _, err := s.scan(stream, false); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -194,4 +194,30 @@ func FuzzClientScan(f *testing.F) {
 			t.Fatal("forwarded bytes are not a prefix of the stream")
 		}
 	})
+}
+
+// Regression: libpq's extended-protocol COPY FROM STDIN sends a Sync right
+// after the Execute; PostgreSQL ignores it during the copy, so only the
+// Sync after CopyDone earns a ReadyForQuery.
+func TestClientScanUncountsSyncsIgnoredDuringCopy(t *testing.T) {
+	s := clientScan{max: 1 << 20}
+	head := encode(t, &pgproto3.Parse{Query: "copy t from stdin"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if _, _, err := s.scan(head, false); err != nil {
+		t.Fatal(err)
+	}
+	// The server has answered CopyInResponse; the client sends its data.
+	tail := encode(t, &pgproto3.CopyData{Data: []byte("1\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+	if _, _, err := s.scan(tail, true); err != nil {
+		t.Fatal(err)
+	}
+	if s.syncs != 1 || !s.copyEnded {
+		t.Fatalf("syncs = %d (want 1: one ReadyForQuery is owed), copyEnded = %v", s.syncs, s.copyEnded)
+	}
+	// A simple-protocol COPY has no Sync to uncount.
+	s = clientScan{max: 1 << 20}
+	s.scan(encode(t, &pgproto3.Query{String: "copy t from stdin"}), false)
+	s.scan(encode(t, &pgproto3.CopyData{Data: []byte("1\n")}, &pgproto3.CopyDone{}), true)
+	if s.syncs != 1 {
+		t.Fatalf("simple COPY: syncs = %d, want 1", s.syncs)
+	}
 }

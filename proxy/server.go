@@ -217,6 +217,8 @@ func (s *Server) handleCancel(body []byte) {
 		s.stats.cancelsUnknown.Add(1)
 		return
 	}
+	c.cancelMu.Lock()
+	defer c.cancelMu.Unlock()
 	be := c.backend.Load()
 	if be == nil {
 		return
@@ -274,7 +276,7 @@ func (s *Server) Shutdown(ctx context.Context) (cut int, err error) {
 		// interrupted: a read deadline that fires on a TLS connection
 		// breaks it for good.)
 		if c.backend.Load() == nil || c.idle() {
-			c.nc.SetReadDeadline(time.Now())
+			c.raw.SetReadDeadline(time.Now())
 		}
 	}
 	s.mu.Unlock()
@@ -303,7 +305,7 @@ func (s *Server) closeAll() int {
 	s.lns = nil
 	n := len(s.sessions)
 	for c := range s.sessions {
-		c.nc.Close()
+		c.raw.Close()
 		if be := c.backend.Load(); be != nil {
 			be.NetConn().SetDeadline(time.Now())
 		}

@@ -42,8 +42,9 @@ var forwardBuffers = sync.Pool{New: func() any { b := make([]byte, forwardBuffer
 type clientConn struct {
 	srv     *Server
 	id      uint64
-	nc      net.Conn      // for deadlines and Close
-	cio     *sockio.Conn  // reads and writes
+	raw     net.Conn      // the accepted socket: deadlines and Close, from any goroutine
+	nc      net.Conn      // raw, or the TLS connection over it; serve's only
+	cio     *sockio.Conn  // reads and writes over nc
 	br      *bufio.Reader // over cio
 	tls     bool
 	log     *slog.Logger
@@ -68,6 +69,13 @@ type clientConn struct {
 	// unsynced extended-protocol message.
 	clientClean atomic.Bool
 
+	// cancelMu is held by a cancel request from reading backend until the
+	// request has reached the server, and by finish to clear backend.
+	cancelMu sync.Mutex
+	// copyIn is set by the pump when the server starts a COPY FROM STDIN;
+	// serve clears it at the client's CopyDone or CopyFail.
+	copyIn atomic.Bool
+
 	// stopping asks the pump to return as soon as the backend is idle.
 	stopping atomic.Bool
 	pumpDone chan pumpResult
@@ -84,8 +92,8 @@ type pumpResult struct {
 // serve runs the whole session. It never returns an error: every failure
 // ends here, reported to the client when possible.
 func (c *clientConn) serve(ctx context.Context) {
-	defer c.nc.Close()
-	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.ClientLoginTimeout))
+	defer c.raw.Close()
+	c.raw.SetDeadline(time.Now().Add(c.srv.cfg.ClientLoginTimeout))
 	st, err := c.readStartup()
 	if err != nil {
 		c.startupFailed(err)
@@ -98,7 +106,6 @@ func (c *clientConn) serve(ctx context.Context) {
 		c.startupFailed(err)
 		return
 	}
-	c.nc.SetDeadline(time.Time{})
 	defer c.srv.unregisterCancel(c.cancelKey)
 
 	c.log.Debug("client ready", "backend_pid", c.backend.Load().PID())
@@ -112,6 +119,10 @@ func (c *clientConn) serve(ctx context.Context) {
 func (c *clientConn) startupFailed(err error) {
 	switch {
 	case errors.Is(err, errCancelRequest):
+		return
+	case errors.As(err, new(tlsHandshakeError)):
+		// Plaintext bytes in the middle of a handshake help nobody.
+		c.log.Info("client TLS handshake failed", "err", err)
 		return
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.log.Debug("client left during startup", "err", err)
@@ -134,7 +145,7 @@ func (c *clientConn) sendError(err error) {
 	if encErr != nil {
 		return
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	c.cio.Write(buf)
 }
 
@@ -158,6 +169,8 @@ func (c *clientConn) login(ctx context.Context) error {
 	if _, err := s.auth.Authenticate(authConn{c}, s.cfg.AuthMethod, c.st.user); err != nil {
 		return err
 	}
+	// Logged in: from here the wait is query_wait_timeout's.
+	c.raw.SetDeadline(time.Time{})
 
 	actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
 	be, err := s.backends.Acquire(actx, c.key)
@@ -244,9 +257,17 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 	carry := 0
 	w := be.Writer()
 	for {
+		if c.srv.draining.Load() && carry == 0 && c.idle() {
+			// Shutdown may have tried to wake us before we were reading.
+			return errDrain
+		}
 		n, rerr := c.br.Read(buf[carry:])
 		n += carry
-		fwd, term, serr := c.cs.scan(buf[:n])
+		fwd, term, serr := c.cs.scan(buf[:n], c.copyIn.Load())
+		if c.cs.copyEnded {
+			c.cs.copyEnded = false
+			c.copyIn.Store(false)
+		}
 		c.clientClean.Store(fwd == n && c.cs.atBoundary() && !c.cs.unsynced)
 		if fwd > 0 {
 			c.syncs.Store(c.cs.syncs)
@@ -266,7 +287,7 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 				if c.idle() {
 					return errDrain
 				}
-				c.nc.SetReadDeadline(time.Time{})
+				c.raw.SetReadDeadline(time.Time{})
 				continue
 			}
 			return rerr
@@ -295,15 +316,26 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 	buf := *bufp
 	r := be.Reader()
 	var res pumpResult
+	var copyStarts int64
 	for {
 		n, rerr := r.Read(buf)
 		if n > 0 {
 			if err := c.bs.scan(buf[:n]); err != nil {
 				res.err = err
+				if !c.stopping.Load() {
+					c.log.Error("backend sent a malformed message; closing the session", "backend_pid", be.PID(), "err", err)
+					c.raw.Close()
+				}
 				break
 			}
-			c.rfqs.Store(c.bs.rfqs)
+			if c.bs.copyStarts != copyStarts {
+				copyStarts = c.bs.copyStarts
+				c.copyIn.Store(true)
+			}
+			// Status first: idle() must never pair a new count with an
+			// old status.
 			c.txStatus.Store(uint32(c.bs.txStatus))
+			c.rfqs.Store(c.bs.rfqs)
 			if !res.clientGone {
 				if _, err := c.cio.Write(buf[:n]); err != nil {
 					res.clientGone = true
@@ -311,7 +343,7 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 			}
 			if c.srv.draining.Load() && c.bs.atBoundary() && c.idle() {
 				// Wake serve so it can end the session between transactions.
-				c.nc.SetReadDeadline(time.Now())
+				c.raw.SetReadDeadline(time.Now())
 			}
 		}
 		if rerr != nil {
@@ -327,7 +359,7 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 					c.log.Info("backend connection lost", "backend_pid", be.PID(), "err", rerr)
 					c.sendError(fatal(CodeConnectionFailure, "server closed the connection unexpectedly", rerr))
 				}
-				c.nc.Close()
+				c.raw.Close()
 			}
 			break
 		}
@@ -363,8 +395,14 @@ func (c *clientConn) finish(ctx context.Context, be *pool.Conn, cause error) {
 	var frameErr *wire.FrameError
 	var bw errBackendWrite
 	clientLeft := cause != nil && !errors.As(cause, &frameErr) && !errors.Is(cause, errDrain) && !errors.As(cause, &bw)
+	// Whatever the pump still owes the client must not wait on a client
+	// that stopped reading: after this, a stalled write counts as gone.
+	c.raw.SetWriteDeadline(time.Now().Add(drainTimeout))
 	wait := time.Duration(0)
-	if c.syncs.Load() != c.rfqs.Load() {
+	if !c.cs.atBoundary() {
+		// The client left in the middle of a message: the server waits for
+		// the rest forever, so the backend can only be closed.
+	} else if c.syncs.Load() != c.rfqs.Load() {
 		wait = drainTimeout
 		if clientLeft && len(c.pumpDone) == 0 {
 			// Nobody will read the answer: stop the query. (After a
@@ -377,12 +415,20 @@ func (c *clientConn) finish(ctx context.Context, be *pool.Conn, cause error) {
 	}
 	var res pumpResult
 	if errors.As(cause, &bw) {
-		res = c.stopPump(be, 0)
+		// Give a dying server's FATAL, already on its way, a moment.
+		res = c.stopPump(be, 100*time.Millisecond)
 		res.clean = false
+		if !res.clientGone && c.bs.atBoundary() && c.bs.last != 'E' {
+			c.sendError(fatal(CodeConnectionFailure, "server closed the connection unexpectedly", bw.error))
+		}
 	} else {
 		res = c.stopPump(be, wait)
 	}
+	// A cancel request in flight holds cancelMu until it has reached the
+	// server, so it cannot land on the next holder of this backend.
+	c.cancelMu.Lock()
 	c.backend.Store(nil)
+	c.cancelMu.Unlock()
 
 	switch {
 	case errors.As(cause, &frameErr):
@@ -423,6 +469,9 @@ func fatalFrom(err error) error {
 
 // setConn makes nc the client connection: plain TCP until TLS replaces it.
 func (c *clientConn) setConn(nc net.Conn) {
+	if c.raw == nil {
+		c.raw = nc
+	}
 	c.nc = nc
 	c.cio = sockio.New(nc)
 	c.br = bufio.NewReaderSize(c.cio, clientBufferSize)

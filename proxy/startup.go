@@ -64,6 +64,12 @@ func (c *clientConn) readStartup() (*startup, error) {
 
 var errCancelRequest = errors.New("cancel request handled")
 
+// tlsHandshakeError is a failed client TLS handshake.
+type tlsHandshakeError struct{ error }
+
+func (e tlsHandshakeError) Error() string { return "TLS handshake: " + e.error.Error() }
+func (e tlsHandshakeError) Unwrap() error { return e.error }
+
 func (c *clientConn) negotiateTLS() error {
 	if c.srv.cfg.TLS == nil || c.srv.cfg.TLSMode == TLSDisable {
 		_, err := c.cio.Write([]byte{'N'})
@@ -79,7 +85,7 @@ func (c *clientConn) negotiateTLS() error {
 	}
 	tc := tls.Server(c.nc, c.srv.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
-		return fmt.Errorf("TLS handshake: %w", err)
+		return tlsHandshakeError{err}
 	}
 	c.setConn(tc)
 	c.tls = true

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package sockio reads and writes plain TCP sockets with raw non-blocking
 // system calls, waiting through Go's poller only when a socket is not ready.
 // Both sides of the relay use it: the proxy for clients, the pool for
