@@ -93,6 +93,7 @@ type pumpResult struct {
 // ends here, reported to the client when possible.
 func (c *clientConn) serve(ctx context.Context) {
 	defer c.raw.Close()
+	defer c.releaseStartupReader()
 	c.raw.SetDeadline(time.Now().Add(c.srv.cfg.ClientLoginTimeout))
 	st, err := c.readStartup()
 	if err != nil {
@@ -261,7 +262,17 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 			// Shutdown may have tried to wake us before we were reading.
 			return errDrain
 		}
-		n, rerr := c.br.Read(buf[carry:])
+		var n int
+		var rerr error
+		if c.br != nil && c.br.Buffered() > 0 {
+			// Bytes the client sent right behind its startup.
+			n, rerr = c.br.Read(buf[carry:])
+		} else {
+			if c.br != nil {
+				c.releaseStartupReader()
+			}
+			n, rerr = c.cio.Read(buf[carry:])
+		}
 		n += carry
 		fwd, term, serr := c.cs.scan(buf[:n], c.copyIn.Load())
 		if c.cs.copyEnded {
@@ -468,13 +479,31 @@ func fatalFrom(err error) error {
 }
 
 // setConn makes nc the client connection: plain TCP until TLS replaces it.
+// The startup phase reads through a buffered reader from a pool; the
+// session reads straight into the relay's buffer.
 func (c *clientConn) setConn(nc net.Conn) {
 	if c.raw == nil {
 		c.raw = nc
 	}
 	c.nc = nc
 	c.cio = sockio.New(nc)
-	c.br = bufio.NewReaderSize(c.cio, clientBufferSize)
+	if c.br == nil {
+		c.br = startupReaders.Get().(*bufio.Reader)
+	}
+	c.br.Reset(c.cio)
+}
+
+var startupReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientBufferSize) }}
+
+// releaseStartupReader returns the startup reader to its pool once it holds
+// nothing, so an idle session keeps no read buffer.
+func (c *clientConn) releaseStartupReader() {
+	if c.br == nil || c.br.Buffered() > 0 {
+		return
+	}
+	c.br.Reset(nil)
+	startupReaders.Put(c.br)
+	c.br = nil
 }
 
 // isServerError reports whether err is an error the server answered with
