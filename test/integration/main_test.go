@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -90,6 +91,11 @@ func startSidecar(t testing.TB, pg *testenv.Postgres, opts sidecarOptions) *side
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(context.Background(), ln) }()
 	t.Cleanup(func() {
+		if t.Failed() {
+			// A hang in the relay shows up here as the stacks of its
+			// session goroutines, which is what a CI flake needs.
+			logProxyStacks(t)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
@@ -157,4 +163,15 @@ func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// logProxyStacks logs the stacks of goroutines running proxy or pool code.
+func logProxyStacks(t testing.TB) {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "pgsidecar/proxy.") || strings.Contains(g, "pgsidecar/pool.") {
+			t.Logf("proxy goroutine:\n%s", g)
+		}
+	}
 }
