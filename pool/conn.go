@@ -56,6 +56,13 @@ func dial(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// pgconn may have started a background reader during a slow login
+	// write; its documentation requires SyncConn (which stops it and
+	// drains pgconn's buffer) before the socket changes hands.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, err
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		pc.Close(ctx)
