@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -60,18 +59,14 @@ type Postgres struct {
 
 	database string // Exec's database
 	sslmode  string // URL's sslmode
-	external bool   // reused, not started: never stopped
 
-	dir      string  // temporary directory: data/, sockets, log, certificate
+	// lifecycle's dir holds data/, sockets, the log and the certificate.
+	lifecycle
 	binDir   string  // initdb and postgres
 	runAs    *osUser // nil: run as ourselves
 	args     []string
 	certPEM  []byte
 	certFile string
-
-	mu      sync.Mutex
-	proc    *proc // nil while down
-	stopped bool
 }
 
 // StartPostgres initialises a new cluster in a temporary directory and starts
@@ -106,10 +101,11 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		SuperPassword: randomHex(16),
 		database:      "postgres",
 		sslmode:       "disable",
-		dir:           dir,
 		binDir:        binDir,
 		runAs:         runAs,
 	}
+	// SIGINT is PostgreSQL's fast shutdown: open connections are terminated.
+	p.lifecycle = lifecycle{dir: dir, stopSig: syscall.SIGINT, stopGrace: 30 * time.Second, upTimeout: time.Minute, start: p.up}
 	fail := func(err error) (*Postgres, error) {
 		os.RemoveAll(dir)
 		return nil, err
@@ -448,91 +444,6 @@ func (p *Postgres) CertPool() *x509.CertPool {
 	return pool
 }
 
-// Down stops the server with a fast shutdown (open connections are
-// terminated), keeping its data and port for Up. It does nothing when the
-// server is already down.
-func (p *Postgres) Down(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.external {
-		return ErrExternal
-	}
-	return p.down(ctx)
-}
-
-func (p *Postgres) down(ctx context.Context) error {
-	if p.proc == nil {
-		return nil
-	}
-	grace := 30 * time.Second
-	if d, ok := ctx.Deadline(); ok {
-		grace = max(time.Until(d), 0)
-	}
-	// SIGINT is a fast shutdown.
-	err := p.proc.stop(syscall.SIGINT, grace)
-	p.proc = nil
-	if err != nil {
-		return fmt.Errorf("testenv: %w", err)
-	}
-	return nil
-}
-
-// Up starts a server that is down again, on the same port, and waits until
-// it accepts connections. It does nothing when the server is up.
-func (p *Postgres) Up(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.upLocked(ctx)
-}
-
-func (p *Postgres) upLocked(ctx context.Context) error {
-	switch {
-	case p.external:
-		return ErrExternal
-	case p.stopped:
-		return ErrStopped
-	case p.proc != nil && !p.proc.exited():
-		return nil
-	}
-	p.proc = nil
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	return p.up(ctx)
-}
-
-// Restart is Down then Up: a fast shutdown and a start on the same port.
-func (p *Postgres) Restart(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.external {
-		return ErrExternal
-	}
-	if err := p.down(ctx); err != nil {
-		return err
-	}
-	return p.upLocked(ctx)
-}
-
-// Stop shuts the server down (fast shutdown, then a kill of its process
-// group if it lingers) and removes its directory. It is idempotent, and does
-// nothing on a reused server.
-func (p *Postgres) Stop() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.stopped || p.external {
-		p.stopped = true
-		return nil
-	}
-	p.stopped = true
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := p.down(ctx)
-	if rmErr := os.RemoveAll(p.dir); rmErr != nil {
-		err = errors.Join(err, fmt.Errorf("testenv: %w", rmErr))
-	}
-	return err
-}
-
 // reusePostgres describes the existing server at rawURL without starting
 // anything, and checks that it answers.
 func reusePostgres(ctx context.Context, rawURL string) (*Postgres, error) {
@@ -552,7 +463,7 @@ func reusePostgres(ctx context.Context, rawURL string) (*Postgres, error) {
 		SuperUser: u.User.Username(),
 		database:  strings.TrimPrefix(u.Path, "/"),
 		sslmode:   u.Query().Get("sslmode"),
-		external:  true,
+		lifecycle: lifecycle{external: true},
 	}
 	p.SuperPassword, _ = u.User.Password()
 	if p.Host == "" {

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -25,15 +24,10 @@ type Redis struct {
 	// Port is the TCP port. It stays the same across Down and Up.
 	Port int
 
-	rawURL   string // a reused server's URL, returned as is by URL
-	external bool
-	dir      string
-	bin      string
-	args     []string
-
-	mu      sync.Mutex
-	proc    *proc // nil while down
-	stopped bool
+	rawURL string // a reused server's URL, returned as is by URL
+	lifecycle
+	bin  string
+	args []string
 }
 
 // StartRedis starts redis-server on 127.0.0.1 on a free port with no
@@ -51,7 +45,9 @@ func StartRedis(ctx context.Context) (*Redis, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{Host: "127.0.0.1", dir: dir, bin: bin}
+	r := &Redis{Host: "127.0.0.1", bin: bin}
+	// Redis keeps no data here, so an Up after a Down starts empty.
+	r.lifecycle = lifecycle{dir: dir, stopSig: syscall.SIGTERM, stopGrace: 10 * time.Second, upTimeout: 30 * time.Second, start: r.up}
 	for attempt := 1; ; attempt++ {
 		if r.Port, err = FreePort(); err != nil {
 			break
@@ -187,70 +183,6 @@ func (r *Redis) ping(ctx context.Context) error {
 	return nil
 }
 
-// Down stops the server (SIGTERM, then a kill), keeping its port for Up.
-// Redis keeps no data here, so Up starts empty. It does nothing when the
-// server is already down.
-func (r *Redis) Down(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.external {
-		return ErrExternal
-	}
-	return r.down(ctx)
-}
-
-func (r *Redis) down(ctx context.Context) error {
-	if r.proc == nil {
-		return nil
-	}
-	grace := 10 * time.Second
-	if d, ok := ctx.Deadline(); ok {
-		grace = max(time.Until(d), 0)
-	}
-	err := r.proc.stop(syscall.SIGTERM, grace)
-	r.proc = nil
-	if err != nil {
-		return fmt.Errorf("testenv: %w", err)
-	}
-	return nil
-}
-
-// Up starts a server that is down again, on the same port, and waits until
-// it answers PING. It does nothing when the server is up.
-func (r *Redis) Up(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch {
-	case r.external:
-		return ErrExternal
-	case r.stopped:
-		return ErrStopped
-	case r.proc != nil && !r.proc.exited():
-		return nil
-	}
-	r.proc = nil
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return r.up(ctx)
-}
-
-// Stop stops the server and removes its directory. It is idempotent, and
-// does nothing on a reused server.
-func (r *Redis) Stop() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped || r.external {
-		r.stopped = true
-		return nil
-	}
-	r.stopped = true
-	err := r.down(context.Background())
-	if rmErr := os.RemoveAll(r.dir); rmErr != nil {
-		err = errors.Join(err, fmt.Errorf("testenv: %w", rmErr))
-	}
-	return err
-}
-
 // reuseRedis describes the existing server at rawURL without starting
 // anything, and checks that it answers PING (when it needs no password).
 func reuseRedis(ctx context.Context, rawURL string) (*Redis, error) {
@@ -264,7 +196,7 @@ func reuseRedis(ctx context.Context, rawURL string) (*Redis, error) {
 			return nil, fmt.Errorf("testenv: %s: bad port %q", EnvRedisURL, s)
 		}
 	}
-	r := &Redis{Host: u.Hostname(), Port: port, rawURL: rawURL, external: true}
+	r := &Redis{Host: u.Hostname(), Port: port, rawURL: rawURL, lifecycle: lifecycle{external: true}}
 	if r.Host == "" {
 		r.Host = "127.0.0.1"
 	}
