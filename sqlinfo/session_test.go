@@ -1,6 +1,7 @@
 package sqlinfo
 
 import (
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -27,7 +28,8 @@ type effectsCase struct {
 	want Effects
 }
 
-// effectsCases is shared by the table test and the fuzz seed corpus.
+// effectsCases is shared by the table test, the prefilter tests and the fuzz
+// seed corpus.
 var effectsCases = []effectsCase{
 	// SET and RESET at session level.
 	{"set to", "SET search_path TO app, public", session},
@@ -202,6 +204,90 @@ func TestSessionEffects(t *testing.T) {
 	}
 }
 
+// withoutUnparsed is e with Unparsed cleared: the prefilter promises nothing
+// about texts that the parser would reject.
+func withoutUnparsed(e Effects) Effects {
+	e.Unparsed = false
+	return e
+}
+
+// TestPrefilterKeepsEveryPositive: a text with any effect must reach the
+// parser.
+func TestPrefilterKeepsEveryPositive(t *testing.T) {
+	for _, tc := range effectsCases {
+		if withoutUnparsed(tc.want) == none {
+			continue
+		}
+		if !isCandidate(tc.sql) {
+			t.Errorf("prefilter rejects %q (%s), which has effects %+v", tc.sql, tc.name, tc.want)
+		}
+	}
+}
+
+// TestPrefilterRejectsOnlyHarmless is the fuzz property over the table.
+func TestPrefilterRejectsOnlyHarmless(t *testing.T) {
+	rejected := 0
+	for _, tc := range effectsCases {
+		if isCandidate(tc.sql) {
+			continue
+		}
+		rejected++
+		if got := withoutUnparsed(SessionEffects(tc.sql)); got != none {
+			t.Errorf("prefilter rejects %q, which has effects %+v", tc.sql, got)
+		}
+	}
+	if rejected < 9 {
+		t.Errorf("only %d table cases are rejected by the prefilter; the table lost its negatives", rejected)
+	}
+}
+
+func TestPrefilter(t *testing.T) {
+	cases := []struct {
+		sql  string
+		want bool
+	}{
+		{"", false},
+		{"SELECT abalance FROM pgbench_accounts WHERE aid = $1", false},
+		{"SELECT 1", false},
+		{"se", false},
+		{"SE T", false},
+		{"s", false},
+		{"u&", false},
+		{`U& "x"`, false},
+		{"SELECT * FROM t WHERE name = 'ſet'", false}, // U+017F folds to s only in Unicode, not in the lexer
+		{"set", true},
+		{"SET", true},
+		{"sEt", true},
+		{"reset", true},
+		{"xSETx", true},
+		{"DISCARD", true},
+		{"Deallocate", true},
+		{"LISTEN", true},
+		{"TEMP", true},
+		{"pg_advisory_lock", true},
+		{"HOLD", true},
+		{"PREPARE", true},
+		{"LOAD", true},
+		{"INTO", true},
+		{`U&"x"`, true},
+		{`u&"x"`, true},
+		{"ends with se" + "t", true},
+		{"ends with hol", false},
+	}
+	for _, tc := range cases {
+		if got := isCandidate(tc.sql); got != tc.want {
+			t.Errorf("isCandidate(%q) = %v, want %v", tc.sql, got, tc.want)
+		}
+	}
+}
+
+func TestPrefilterDoesNotAllocate(t *testing.T) {
+	sql := strings.Repeat("SELECT abalance FROM pgbench_accounts WHERE aid = $1 ", 20)
+	if allocs := testing.AllocsPerRun(100, func() { _ = isCandidate(sql) }); allocs != 0 {
+		t.Errorf("isCandidate allocates %v times per call", allocs)
+	}
+}
+
 func FuzzSessionEffects(f *testing.F) {
 	for _, tc := range effectsCases {
 		f.Add(tc.sql)
@@ -223,6 +309,10 @@ func FuzzSessionEffects(f *testing.F) {
 		case "", PinListen, PinAdvisoryLock, PinTempTable, PinHoldCursor, PinPrepare, PinLoad:
 		default:
 			t.Fatalf("SessionEffects(%q) = %+v: unknown Pin", sql, e)
+		}
+		// The property that matters: the prefilter hides no effect.
+		if !isCandidate(sql) && withoutUnparsed(e) != none {
+			t.Fatalf("prefilter rejects %q, which has effects %+v", sql, e)
 		}
 	})
 }
