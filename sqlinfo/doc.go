@@ -6,9 +6,11 @@
 // state must follow it from backend to backend, or whether the client must
 // stay on one backend because the state cannot be moved at all.
 //
-// SessionEffects is a pure function and safe for concurrent use. The package
-// holds no mutable package-level state, performs no I/O and never talks to
-// PostgreSQL: it sees only the text it is given.
+// SessionEffects is a pure function and safe for concurrent use. A Classifier
+// memoises it by exact text behind a cheap lexical prefilter and is safe for
+// concurrent use; it starts no goroutines. The package holds no mutable
+// package-level state, performs no I/O and never talks to PostgreSQL: it sees
+// only the text it is given.
 //
 // What the text alone cannot tell, and the caller must handle:
 //

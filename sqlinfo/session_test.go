@@ -7,7 +7,8 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain fails the run if a test leaves a goroutine behind.
+// TestMain fails the run if a test leaves a goroutine behind: a Classifier
+// must own none.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
@@ -28,8 +29,8 @@ type effectsCase struct {
 	want Effects
 }
 
-// effectsCases is shared by the table test, the prefilter tests and the fuzz
-// seed corpus.
+// effectsCases is shared by the table test, the prefilter tests, the
+// classifier tests and the fuzz seed corpus.
 var effectsCases = []effectsCase{
 	// SET and RESET at session level.
 	{"set to", "SET search_path TO app, public", session},
@@ -297,6 +298,7 @@ func FuzzSessionEffects(f *testing.F) {
 	f.Add(`CREATE TABLE U&"pg_\0074emp".t (a int)`)
 	f.Add("SELECT 'a\\'; SET a.b = 1; --'")
 	f.Add("SELECT 1\x00; SET a.b = 1")
+	c := NewClassifier(64)
 	f.Fuzz(func(t *testing.T, sql string) {
 		e := SessionEffects(sql)
 		if e.Unparsed && e != bad {
@@ -310,9 +312,19 @@ func FuzzSessionEffects(f *testing.F) {
 		default:
 			t.Fatalf("SessionEffects(%q) = %+v: unknown Pin", sql, e)
 		}
-		// The property that matters: the prefilter hides no effect.
-		if !isCandidate(sql) && withoutUnparsed(e) != none {
-			t.Fatalf("prefilter rejects %q, which has effects %+v", sql, e)
+		got := c.SessionEffects(sql)
+		if !isCandidate(sql) {
+			// The property that matters: the prefilter hides no effect.
+			if withoutUnparsed(e) != none {
+				t.Fatalf("prefilter rejects %q, which has effects %+v", sql, e)
+			}
+			if got != none {
+				t.Fatalf("Classifier.SessionEffects(%q) = %+v for a rejected text", sql, got)
+			}
+			return
+		}
+		if got != e {
+			t.Fatalf("Classifier.SessionEffects(%q) = %+v, SessionEffects = %+v", sql, got, e)
 		}
 	})
 }
