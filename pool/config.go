@@ -43,6 +43,10 @@ type Config struct {
 	// ResetQuery runs on a backend before it returns to the pool after a
 	// session. Zero: "DISCARD ALL". Set to "-" to disable.
 	ResetQuery string
+	// MaxPreparedStatements bounds the prepared statements a transaction-mode
+	// proxy keeps on each backend connection (see Statements). Zero: 200;
+	// negative: no bound.
+	MaxPreparedStatements int
 	// MaintenanceInterval is how often idle and old connections are reaped
 	// and MinPoolSize is topped up. Zero: 1s.
 	MaintenanceInterval time.Duration
@@ -69,6 +73,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ResetQuery == "" {
 		c.ResetQuery = "DISCARD ALL"
+	}
+	if c.MaxPreparedStatements == 0 {
+		c.MaxPreparedStatements = 200
 	}
 	if c.MaintenanceInterval == 0 {
 		c.MaintenanceInterval = time.Second

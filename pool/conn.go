@@ -42,6 +42,15 @@ type Conn struct {
 	pool *keyPool
 	res  *puddle.Resource[*Conn]
 	buf  []byte // scratch for the pool's own exchanges
+
+	// Statements and Settings belong to the holder, like the socket: they
+	// record what a transaction-mode proxy left on the connection (its
+	// prepared statements, and a key for the session settings it applied;
+	// "" means the login defaults). The reset query clears both.
+	Statements *Statements
+	Settings   string
+
+	onRow func([][]byte) // set by Query
 }
 
 // dial opens and authenticates one backend connection with pgconn, then
@@ -95,6 +104,58 @@ func (c *Conn) Reader() *bufio.Reader { return c.br }
 
 // Writer writes to the backend socket (raw system calls on plain TCP).
 func (c *Conn) Writer() io.Writer { return c.sock }
+
+// WriteRead writes a request and reads the first bytes of the answer into
+// r, with one system call fewer than a write and a read (see
+// sockio.Conn.WriteRead). Only for a connection that owes nothing and has
+// sent nothing unread.
+func (c *Conn) WriteRead(w, r []byte) (int, error) {
+	if c.br.Buffered() > 0 {
+		if _, err := c.sock.Write(w); err != nil {
+			return 0, err
+		}
+		return c.br.Read(r)
+	}
+	return c.sock.WriteRead(w, r)
+}
+
+// Exchange writes msgs, a batch of protocol messages ending in Sync or a
+// Query, and reads the answers up to ReadyForQuery, discarding them; a
+// server error in them is not an error of the exchange. The connection must
+// be idle when it ends: anything else is an error, and c must be destroyed.
+func (c *Conn) Exchange(ctx context.Context, msgs []byte) error {
+	if dl, ok := ctx.Deadline(); ok {
+		c.nc.SetDeadline(dl)
+		defer c.nc.SetDeadline(time.Time{})
+	}
+	if _, err := c.sock.Write(msgs); err != nil {
+		return err
+	}
+	for {
+		typ, body, err := wire.ReadMessage(c.br, c.buf[:0], maxServerMessage)
+		if err != nil {
+			return err
+		}
+		if cap(body) > cap(c.buf) && cap(body) <= 64<<10 {
+			c.buf = body[:0]
+		}
+		switch typ {
+		case 'S':
+			var m pgproto3.ParameterStatus
+			if err := m.Decode(body); err != nil {
+				return err
+			}
+			c.params[m.Name] = m.Value
+		case 'Z':
+			if len(body) != 1 || body[0] != 'I' {
+				return errors.New("exchange did not leave the connection idle")
+			}
+			return nil
+		case 'G', 'H', 'W':
+			return fmt.Errorf("unexpected COPY response %q", typ)
+		}
+	}
+}
 
 // PID is the backend's process id.
 func (c *Conn) PID() uint32 { return c.pid }
@@ -227,9 +288,25 @@ func (c *Conn) Exec(ctx context.Context, sql string) (Result, error) {
 			// COPY: the pool never sends one; a server asking for data is
 			// in a state we cannot account for.
 			return res, fmt.Errorf("unexpected COPY response %q", typ)
+		case 'D':
+			if c.onRow != nil {
+				var m pgproto3.DataRow
+				if err := m.Decode(body); err != nil {
+					return res, err
+				}
+				c.onRow(m.Values)
+			}
 		}
-		// Rows, command tags, notices and notifications are discarded.
+		// Other rows, command tags, notices and notifications are discarded.
 	}
+}
+
+// Query runs sql with the simple protocol like Exec and passes each data
+// row's text values to row. The values are valid only during the call.
+func (c *Conn) Query(ctx context.Context, sql string, row func(values [][]byte)) (Result, error) {
+	c.onRow = row
+	defer func() { c.onRow = nil }()
+	return c.Exec(ctx, sql)
 }
 
 // check confirms that an idle connection still answers.

@@ -181,6 +181,7 @@ func (kp *keyPool) construct(ctx context.Context) (*Conn, error) {
 	kp.m.reachable.Store(true)
 	kp.m.stats.connects.Add(1)
 	c.pool = kp
+	c.Statements = newStatements(kp.m.cfg.MaxPreparedStatements)
 	return c, nil
 }
 
@@ -242,6 +243,27 @@ func (m *Manager) Release(ctx context.Context, c *Conn) {
 			res.Destroy()
 			return
 		}
+		c.Statements.Clear()
+		c.Settings = ""
+	}
+	res.Release()
+}
+
+// Recycle returns c to its pool between transactions, without the reset
+// query: a transaction-mode proxy keeps c's prepared statements and
+// settings, recorded in Statements and Settings, and reconciles them for
+// the next holder. The caller asserts that c is idle, as for Release. A
+// connection past its lifetime is closed.
+func (m *Manager) Recycle(c *Conn) {
+	res := c.res
+	c.res = nil
+	if res == nil {
+		panic("pool: Recycle of a Conn that is not acquired")
+	}
+	if m.cfg.Lifetime > 0 && time.Since(res.CreationTime()) > m.cfg.Lifetime {
+		m.stats.reaped.Add(1)
+		res.Destroy()
+		return
 	}
 	res.Release()
 }
