@@ -40,6 +40,15 @@ type Conn struct {
 	wn      int
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
+
+	// ReadLazy's state.
+	take, giveBack func() []byte
+	lazyFn         func(fd uintptr) bool
+
+	// WriteRead's state.
+	wrFirst     bool
+	wrPartial   bool
+	writeReadFn func(fd uintptr) bool
 }
 
 // New wraps c. Reads and writes go through raw system calls when c is a
@@ -53,6 +62,8 @@ func New(c net.Conn) *Conn {
 	}
 	s.readFn = s.doRead
 	s.writeFn = s.doWrite
+	s.writeReadFn = s.doWriteRead
+	s.lazyFn = s.doLazyRead
 	return s
 }
 
@@ -126,4 +137,118 @@ func (s *Conn) Write(p []byte) (int, error) {
 		return n, &net.OpError{Op: "write", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("write", s.werrno)}
 	}
 	return n, nil
+}
+
+// WriteRead writes all of w, then reads what the socket has into r,
+// waiting until it has something, like Write followed by Read but with one
+// system call fewer: the write is made after the poller has been armed, so
+// the wait needs no read attempt first.
+//
+// Use it only for a request the peer must read before it sends anything,
+// with nothing unread from the peer: a reply that arrived before the write
+// would not wake the wait. A backend between transactions is such a peer.
+func (s *Conn) WriteRead(w, r []byte) (int, error) {
+	if s.rc == nil || len(r) == 0 {
+		if _, err := s.Write(w); err != nil {
+			return 0, err
+		}
+		return s.Read(r)
+	}
+	s.wbuf, s.wn, s.werrno = w, 0, 0
+	s.rbuf, s.rn, s.rerrno = r, 0, 0
+	s.wrFirst, s.wrPartial = true, false
+	err := s.rc.Read(s.writeReadFn)
+	s.wbuf, s.rbuf = nil, nil
+	switch {
+	case err != nil:
+		return 0, err
+	case s.werrno != 0:
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("write", s.werrno)}
+	case s.wrPartial:
+		// The socket filled up: finish the write, then read normally.
+		if _, err := s.Write(w[s.wn:]); err != nil {
+			return 0, err
+		}
+		return s.Read(r)
+	case s.rerrno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("read", s.rerrno)}
+	case s.rn == 0:
+		return 0, io.EOF
+	}
+	return s.rn, nil
+}
+
+func (s *Conn) doWriteRead(fd uintptr) bool {
+	if s.wrFirst {
+		s.wrFirst = false
+		if !s.doWrite(fd) {
+			s.wrPartial = true
+			return true
+		}
+		// Written, or failed (werrno): a failure ends the call at once.
+		return s.werrno != 0
+	}
+	return s.doRead(fd)
+}
+
+// ReadLazy reads like Read into the buffer take returns, but calls take
+// only when it is about to read and calls giveBack when a read found
+// nothing, so a connection that waits holds no buffer. It returns the
+// number of bytes read into the buffer take last returned.
+func (s *Conn) ReadLazy(take func() []byte, giveBack func()) (int, error) {
+	if s.rc == nil {
+		return s.Read(take())
+	}
+	s.take, s.giveBack = take, func() []byte { giveBack(); return nil }
+	s.rbuf, s.rn, s.rerrno = nil, 0, 0
+	err := s.rc.Read(s.lazyFn)
+	s.rbuf, s.take, s.giveBack = nil, nil, nil
+	switch {
+	case err != nil:
+		return 0, err
+	case s.rerrno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("read", s.rerrno)}
+	case s.rn == 0:
+		return 0, io.EOF
+	}
+	return s.rn, nil
+}
+
+func (s *Conn) doLazyRead(fd uintptr) bool {
+	if s.rbuf == nil {
+		s.rbuf = s.take()
+	}
+	if s.doRead(fd) {
+		return true
+	}
+	s.giveBack()
+	s.rbuf = nil
+	return false
+}
+
+// PeerClosed reports whether the peer of c has closed the connection or
+// reset it, without consuming anything: a peek that sees end of file or
+// an error. Data waiting to be read, or nothing at all, means the peer is
+// still there.
+func PeerClosed(c net.Conn) bool {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, errno := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case errno == nil && n == 0:
+			closed = true
+		case errno != nil && errno != syscall.EAGAIN && errno != syscall.EINTR:
+			closed = true
+		}
+	})
+	return closed
 }

@@ -9,3 +9,14 @@ type Conn struct{ net.Conn }
 
 // New wraps c.
 func New(c net.Conn) *Conn { return &Conn{c} }
+
+// WriteRead writes all of w, then reads into r.
+func (s *Conn) WriteRead(w, r []byte) (int, error) {
+	if _, err := s.Write(w); err != nil {
+		return 0, err
+	}
+	return s.Read(r)
+}
+
+// PeerClosed cannot tell without raw socket calls: it reports false.
+func PeerClosed(c net.Conn) bool { return false }
