@@ -58,6 +58,23 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// PoolMode is session or transaction. Zero: session.
 	PoolMode PoolMode
+	// RejectSessionState, in transaction mode, refuses with 0A000 the
+	// statements that keep state on a backend beyond the transaction
+	// (LISTEN, session advisory locks, temporary tables, WITH HOLD
+	// cursors, SQL PREPARE). Zero: such a client is pinned to its backend
+	// for the rest of its session instead (pin_on_session_state: true).
+	RejectSessionState bool
+	// ClientIdleTimeout closes a client that sends nothing for this long
+	// while it holds no backend (transaction mode). Zero: never.
+	ClientIdleTimeout time.Duration
+	// IdleTransactionTimeout closes a client that sends nothing for this
+	// long while it holds a backend inside a transaction (transaction
+	// mode); its transaction is rolled back. Zero: never.
+	IdleTransactionTimeout time.Duration
+	// QueryTimeout closes a client whose backend has not answered for
+	// this long (transaction mode); the backend is closed too, which ends
+	// the query. Zero: never.
+	QueryTimeout time.Duration
 
 	// TLS is the server certificate configuration. Nil: SSLRequest is
 	// answered 'N'.
@@ -128,15 +145,16 @@ func (c *Config) Validate() error {
 		"query_wait_timeout":   c.QueryWaitTimeout,
 		"shutdown_timeout":     c.ShutdownTimeout,
 		"shutdown_grace":       c.ShutdownGrace,
+		"client_idle_timeout":  c.ClientIdleTimeout,
+		"idle_transaction_timeout": c.IdleTransactionTimeout,
+		"query_timeout":        c.QueryTimeout,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
 		}
 	}
 	switch c.PoolMode {
-	case "", PoolModeSession:
-	case PoolModeTransaction:
-		errs = append(errs, errors.New("pool_mode transaction is not supported yet"))
+	case "", PoolModeSession, PoolModeTransaction:
 	default:
 		errs = append(errs, fmt.Errorf("pool_mode must be session or transaction, got %q", c.PoolMode))
 	}

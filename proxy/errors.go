@@ -31,6 +31,9 @@ const (
 	CodeInvalidCatalogName       = "3D000"
 	CodeProgramLimitExceeded     = "54000"
 	CodeConfigurationLimitExceed = "53400"
+	CodeIdleInTransactionTimeout = "25P03"
+	CodeIdleSessionTimeout       = "57P05"
+	CodeDuplicatePreparedStatement = "42P05"
 )
 
 // errUnknownMessage marks a message type no client may send.

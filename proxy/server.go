@@ -25,6 +25,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/clientauth"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/sqlinfo"
 )
 
 // Backends is what the proxy needs from the pool. *pool.Manager implements
@@ -34,6 +35,9 @@ type Backends interface {
 	Acquire(ctx context.Context, key pool.Key) (*pool.Conn, error)
 	// Release returns an idle, clean backend to its pool.
 	Release(ctx context.Context, c *pool.Conn)
+	// Recycle returns an idle backend between transactions, keeping its
+	// prepared statements and settings (transaction mode).
+	Recycle(c *pool.Conn)
 	// Destroy closes a backend whose state is unknown.
 	Destroy(c *pool.Conn)
 }
@@ -44,6 +48,9 @@ type Server struct {
 	backends Backends
 	auth     *clientauth.Authenticator
 	log      *slog.Logger
+	// classifier tells what a client's SQL does to its session
+	// (transaction mode).
+	classifier *sqlinfo.Classifier
 
 	rootCtx    context.Context
 	rootCancel context.CancelFunc
@@ -85,6 +92,7 @@ func New(cfg Config, backends Backends) (*Server, error) {
 		backends:   backends,
 		auth:       clientauth.NewAuthenticator(users),
 		log:        cfg.Logger,
+		classifier: sqlinfo.NewClassifier(0),
 		rootCtx:    ctx,
 		rootCancel: cancel,
 		sessions:   make(map[*clientConn]struct{}),
@@ -275,7 +283,8 @@ func (s *Server) Shutdown(ctx context.Context) (cut int, err error) {
 		// and ones still logging in are refused. (Only idle sessions are
 		// interrupted: a read deadline that fires on a TLS connection
 		// breaks it for good.)
-		if c.backend.Load() == nil || c.idle() {
+		// In transaction mode a session holding no backend is idle.
+		if c.backend.Load() == nil || (s.cfg.PoolMode != PoolModeTransaction && c.idle()) {
 			c.raw.SetReadDeadline(time.Now())
 		}
 	}

@@ -110,10 +110,14 @@ func (c *clientConn) serve(ctx context.Context) {
 	defer c.srv.unregisterCancel(c.cancelKey)
 
 	c.log.Debug("client ready", "backend_pid", c.backend.Load().PID())
+	if c.srv.cfg.PoolMode == PoolModeTransaction {
+		c.serveTransactions(ctx)
+		return
+	}
 	be := c.backend.Load()
 	c.pumpDone = make(chan pumpResult, 1)
 	go c.pumpBackend(be)
-	err = c.forwardClient(ctx, be)
+	err = c.forwardClient(ctx, be, nil)
 	c.finish(ctx, be, err)
 }
 
@@ -179,7 +183,12 @@ func (c *clientConn) login(ctx context.Context) error {
 	if err != nil {
 		return fatalFrom(err)
 	}
-	if sql := setConfigSQL(c.st.params, be.Params()); sql != "" {
+	sql := setConfigSQL(c.st.params, be.Params())
+	if s.cfg.PoolMode == PoolModeTransaction {
+		// The backend may hold another client's settings.
+		sql = c.initialSettings().syncSQL(be.Settings)
+	}
+	if sql != "" {
 		actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
 		res, err := be.Exec(actx, sql)
 		cancel()
@@ -249,8 +258,9 @@ var _ clientauth.Conn = authConn{}
 
 // forwardClient copies the client's messages to the backend until the
 // client terminates, fails, or the session is told to stop. Each read is
-// forwarded as one write; only headers are inspected.
-func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
+// forwarded as one write; only headers are inspected. pending holds bytes
+// already read from the client, which go first.
+func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn, pending []byte) error {
 	bufp := forwardBuffers.Get().(*[]byte)
 	defer forwardBuffers.Put(bufp)
 	buf := *bufp
@@ -264,7 +274,10 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn) error {
 		}
 		var n int
 		var rerr error
-		if c.br != nil && c.br.Buffered() > 0 {
+		if len(pending) > 0 {
+			n = copy(buf[carry:], pending)
+			pending = pending[n:]
+		} else if c.br != nil && c.br.Buffered() > 0 {
 			// Bytes the client sent right behind its startup.
 			n, rerr = c.br.Read(buf[carry:])
 		} else {

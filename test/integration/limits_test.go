@@ -47,7 +47,7 @@ func TestLimitPoolExhausted(t *testing.T) {
 	pg := env.Postgres(t)
 	sc := startSidecar(t, pg, sidecarOptions{
 		Pool:  pool.Config{PoolSize: 1},
-		Proxy: proxy.Config{QueryWaitTimeout: 300 * time.Millisecond},
+		Proxy: proxy.Config{PoolMode: proxy.PoolModeSession, QueryWaitTimeout: 300 * time.Millisecond},
 	})
 	ctx := ctxT(t)
 	a, err := connect(t, sc.SuperURL(pg))

@@ -76,6 +76,9 @@ func startSidecar(t testing.TB, pg *testenv.Postgres, opts sidecarOptions) *side
 		t.Fatal(err)
 	}
 	xcfg := opts.Proxy
+	if xcfg.PoolMode == "" {
+		xcfg.PoolMode = suitePoolMode()
+	}
 	xcfg.ListenAddr = "127.0.0.1:0"
 	if xcfg.Logger == nil {
 		xcfg.Logger = logger
@@ -104,6 +107,16 @@ func startSidecar(t testing.TB, pg *testenv.Postgres, opts sidecarOptions) *side
 	})
 	addr := ln.Addr().(*net.TCPAddr)
 	return &sidecar{Addr: addr.String(), Host: "127.0.0.1", Port: addr.Port, Server: srv, Pool: m}
+}
+
+// suitePoolMode is the pool mode of sidecars whose test does not choose
+// one: PGSIDECAR_TEST_POOL_MODE, so `make test` runs the whole suite in
+// session mode and again in transaction mode. Zero: session.
+func suitePoolMode() proxy.PoolMode {
+	if m := os.Getenv("PGSIDECAR_TEST_POOL_MODE"); m != "" {
+		return proxy.PoolMode(m)
+	}
+	return proxy.PoolModeSession
 }
 
 // URL is a postgres:// URL for user on the sidecar.

@@ -113,7 +113,7 @@ func TestRegressionDrainWhileWaitingForBackend(t *testing.T) {
 	pg := env.Postgres(t)
 	sc := startSidecar(t, pg, sidecarOptions{
 		Pool:  pool.Config{PoolSize: 1},
-		Proxy: proxy.Config{QueryWaitTimeout: 5 * time.Second},
+		Proxy: proxy.Config{PoolMode: proxy.PoolModeSession, QueryWaitTimeout: 5 * time.Second},
 	})
 
 	holder := rawConnect(t, sc, pg, nil) // holds the only backend, idle
@@ -198,7 +198,7 @@ func TestRegressionClientGoneMidMessageClosesBackendAtOnce(t *testing.T) {
 	pg := env.Postgres(t)
 	sc := startSidecar(t, pg, sidecarOptions{
 		Pool:  pool.Config{PoolSize: 1},
-		Proxy: proxy.Config{QueryWaitTimeout: 10 * time.Second},
+		Proxy: proxy.Config{PoolMode: proxy.PoolModeSession, QueryWaitTimeout: 10 * time.Second},
 	})
 
 	c := rawConnect(t, sc, pg, nil)

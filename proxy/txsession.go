@@ -1,0 +1,1134 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/sockio"
+	"github.com/pgsidecar/pgsidecar/internal/wire"
+	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/sqlinfo"
+)
+
+// Transaction mode: a client holds a backend only while it has a
+// transaction (or a statement outside one) in progress.
+//
+// One goroutine serves the whole session: it reads a batch from the client,
+// attaches a backend if none is attached, forwards the batch, reads the
+// answers and writes them to the client, and hands the backend back to the
+// pool at the ReadyForQuery that leaves the session idle with nothing owed.
+// While a client is idle it holds no backend, no buffer, and no goroutine
+// but this one, parked in a read.
+//
+// A client that sets something a backend cannot share (LISTEN, a session
+// advisory lock, a temporary table, a WITH HOLD cursor, SQL PREPARE) is
+// pinned: at the end of that transaction the session keeps its backend and
+// continues as a session-mode relay (pin_on_session_state), or the statement
+// is refused with 0A000.
+
+// txRelay is the state of one transaction-mode session; only serve's
+// goroutine touches it.
+type txRelay struct {
+	c   *clientConn
+	srv *Server
+	be  *pool.Conn // attached backend, or nil
+
+	in         []byte // client bytes; in[start:end] are not processed yet
+	start, end int
+	inp        *[]byte // in's pool entry; nil when in grew past it
+	bbuf       []byte  // backend read buffer, while attached
+	bbufp      *[]byte
+	takeInFn   func() []byte
+	giveInFn   func()
+	toBE       []byte // the batch being built for the backend
+	toCl       []byte // bytes for the client not yet written
+
+	q        respQueue
+	awaiting int  // Sync, Query and FunctionCall entries in q
+	flushed  bool // the client sent Flush while answers were owed
+	unsynced bool // extended-protocol messages forwarded since the last Sync
+	// errSkip: the backend reported an error in an extended batch and is
+	// ignoring everything until the client's next Sync.
+	errSkip bool
+	// clientSkip: pgsidecar answered an error itself and drops the client's
+	// messages until its next Sync, as the server would.
+	clientSkip  bool
+	copyIn      bool // the backend is in COPY FROM STDIN
+	// copyEnds counts CopyDone and CopyFail messages forwarded before the
+	// server said it was ready for data: pgx sends its whole COPY without
+	// waiting. The next CopyInResponse then finds the copy already over.
+	copyEnds int
+	txStatus    byte
+	terminating bool
+
+	// The backend stream: message framing, and what the current message
+	// does to the queue.
+	fs         frameState
+	heldHeader bool // a header straddled reads; it is in fs.hdr
+	curType    byte
+	drop       bool // the current message is swallowed
+	completing bool // the current message ends the head entry's answer
+	wantZ      bool
+	zStatus    byte
+	param      []byte
+	inParam    bool
+	seg        int  // start of this chunk's bytes not yet copied or dropped
+	dirty      bool // this chunk's output is being rebuilt in toCl
+
+	// While attached, the backend socket has a read deadline at most
+	// livenessInterval ahead, so a long wait for answers notices a client
+	// that left (and query_timeout).
+	deadline time.Time
+	sentAt   time.Time // when the last batch went out, with query_timeout
+
+	stmts    map[string]*stmtDef // the client's named statements
+	set      settings
+	snapshot bool     // the transaction may have changed the session's settings
+	pin      string   // why the session must keep its backend, once idle
+	used     []string // server statements the batch in flight relies on
+}
+
+var (
+	errNotIdle     = errors.New("backend not idle after a pgsidecar statement")
+	errTerminated  = errors.New("client terminated")
+	errClientGone  = errors.New("client left while its backend was busy")
+	errRetryRead   = errors.New("retry the read")
+	errQueryTimout = fatal(CodeQueryCanceled, "canceling statement due to query_timeout; closing the connection", nil)
+)
+
+// livenessInterval is how often a session waiting for its backend checks
+// that its client is still there.
+const livenessInterval = time.Second
+
+// clientBuffers and backendBuffers are taken while a session is busy and
+// given back when it goes idle.
+var (
+	clientBuffers  = sync.Pool{New: func() any { b := make([]byte, forwardBufferSize); return &b }}
+	backendBuffers = sync.Pool{New: func() any { b := make([]byte, forwardBufferSize); return &b }}
+)
+
+// serveTransactions runs a logged-in session in transaction mode.
+func (c *clientConn) serveTransactions(ctx context.Context) {
+	r := &txRelay{c: c, srv: c.srv, txStatus: 'I', set: c.initialSettings()}
+	r.takeInFn, r.giveInFn = r.takeIn, r.giveIn
+	// login left the client's backend attached; it goes back now, already
+	// holding the client's settings.
+	be := c.backend.Load()
+	be.Settings = r.set.key
+	c.cancelMu.Lock()
+	c.backend.Store(nil)
+	c.cancelMu.Unlock()
+	r.srv.backends.Recycle(be)
+
+	err := r.run(ctx)
+	if errors.Is(err, errPinned) {
+		r.handover(ctx)
+		return
+	}
+	r.finish(ctx, err)
+}
+
+func (c *clientConn) initialSettings() settings { return newSettings(c.st.params) }
+
+var errPinned = errors.New("session pinned to its backend")
+
+// run relays until the client leaves, a fault ends the session, or the
+// session is pinned (errPinned, with the backend attached and idle).
+func (r *txRelay) run(ctx context.Context) error {
+	for {
+		if r.be != nil && r.expecting() {
+			if err := r.readBackend(); err != nil {
+				return err
+			}
+			if err := r.maybeDetach(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.flushClient(); err != nil {
+			return err
+		}
+		if r.terminating {
+			return errTerminated
+		}
+		if r.be == nil && r.start == r.end && r.srv.draining.Load() {
+			return errDrain
+		}
+		r.releaseIdle()
+		if err := r.readClient(); err != nil {
+			if errors.Is(err, errRetryRead) {
+				continue
+			}
+			return err
+		}
+		quiet := r.be == nil || r.q.len() == 0
+		if err := r.processClient(ctx); err != nil {
+			return err
+		}
+		r.emitSynth()
+		if err := r.flushClient(); err != nil {
+			return err
+		}
+		if len(r.toBE) == 0 {
+			continue
+		}
+		if r.unsynced && !r.flushed && r.q.len() > 0 {
+			// The batch so far has no Sync. The server keeps its answers
+			// until a Sync or Flush, or sends them when it must (a COPY
+			// FROM STDIN starting, a full buffer), and the client may be
+			// waiting for them: with a Flush of pgsidecar's own (it has no
+			// answer) the server sends every answer it owes now, so the
+			// relay knows what to wait for.
+			r.toBE = append(r.toBE, 'H', 0, 0, 0, 4)
+			r.flushed = true
+		}
+		r.noteSent()
+		if quiet && r.expecting() {
+			// The backend owes nothing and has sent nothing: write the
+			// batch and wait for the first answer in one step. (The
+			// deadline is re-armed first, so the write always happens.)
+			if time.Until(r.deadline) < livenessInterval/2 {
+				r.armBackend(time.Now())
+			}
+			n, err := r.be.WriteRead(r.toBE, r.bbuf)
+			r.toBE = r.toBE[:0]
+			if n > 0 {
+				if err := r.processBackend(r.bbuf[:n]); err != nil {
+					return err
+				}
+			}
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					if err := r.checkWaiting(); err != nil {
+						return err
+					}
+					continue
+				}
+				return r.backendFailed(err)
+			}
+			if err := r.maybeDetach(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		_, err := r.be.Writer().Write(r.toBE)
+		r.toBE = r.toBE[:0]
+		if err != nil {
+			return r.backendFailed(err)
+		}
+	}
+}
+
+// expecting reports whether the backend owes answers it will send without
+// further input from the client.
+func (r *txRelay) expecting() bool {
+	if r.copyIn {
+		return false
+	}
+	return r.awaiting > 0 || (r.flushed && r.q.len() > 0)
+}
+
+// readClient reads at least one more byte from the client into in. With
+// nothing pending it takes a buffer only once there is something to read.
+func (r *txRelay) readClient() error {
+	c := r.c
+	if tmo := r.idleTimeout(); tmo > 0 {
+		c.raw.SetReadDeadline(time.Now().Add(tmo))
+	}
+	var n int
+	var err error
+	switch {
+	case r.in == nil && c.br != nil && c.br.Buffered() > 0:
+		// Bytes the client sent right behind its startup.
+		r.takeIn()
+		n, err = c.br.Read(r.in)
+	case r.in == nil:
+		c.releaseStartupReader()
+		n, err = c.cio.ReadLazy(r.takeInFn, r.giveInFn)
+	default:
+		if r.end == len(r.in) {
+			r.compact(len(r.in) + 1)
+		}
+		n, err = c.cio.Read(r.in[r.end:])
+	}
+	r.end += n
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return r.idleTimedOut()
+		}
+		return err
+	}
+	return nil
+}
+
+func (r *txRelay) takeIn() []byte {
+	r.inp = clientBuffers.Get().(*[]byte)
+	r.in = *r.inp
+	r.start, r.end = 0, 0
+	return r.in
+}
+
+func (r *txRelay) giveIn() {
+	if r.inp != nil {
+		clientBuffers.Put(r.inp)
+	}
+	r.inp, r.in = nil, nil
+	r.start, r.end = 0, 0
+}
+
+// releaseIdle gives back the client buffer when it holds nothing.
+func (r *txRelay) releaseIdle() {
+	if r.in != nil && r.start == r.end {
+		r.giveIn()
+	}
+	if r.be == nil && cap(r.toCl) > 0 && len(r.toCl) == 0 {
+		r.toCl = nil
+	}
+	if cap(r.toBE) > 64<<10 {
+		r.toBE = nil
+	}
+}
+
+// idleTimeout is the read deadline for the client right now: the idle
+// transaction timeout while it holds a backend, the client idle timeout
+// otherwise.
+func (r *txRelay) idleTimeout() time.Duration {
+	if r.be != nil {
+		return r.srv.cfg.IdleTransactionTimeout
+	}
+	return r.srv.cfg.ClientIdleTimeout
+}
+
+func (r *txRelay) idleTimedOut() error {
+	if r.srv.draining.Load() {
+		if r.be == nil {
+			return errDrain
+		}
+		// Woken for the drain inside a transaction: it may finish.
+		r.c.raw.SetReadDeadline(time.Time{})
+		return errRetryRead
+	}
+	if r.be != nil {
+		return fatal(CodeIdleInTransactionTimeout, "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)", nil)
+	}
+	return fatal(CodeIdleSessionTimeout, "terminating connection due to idle-session timeout (client_idle_timeout)", nil)
+}
+
+// compact moves the unprocessed bytes to the front of in and makes room
+// for a message of need bytes.
+func (r *txRelay) compact(need int) {
+	n := copy(r.in, r.in[r.start:r.end])
+	r.start, r.end = 0, n
+	if need > len(r.in) {
+		bigger := make([]byte, max(need, 2*len(r.in)))
+		copy(bigger, r.in[:n])
+		if r.inp != nil {
+			clientBuffers.Put(r.inp)
+			r.inp = nil
+		}
+		r.in = bigger
+	}
+}
+
+// processClient handles every complete message in in.
+func (r *txRelay) processClient(ctx context.Context) error {
+	max := r.srv.cfg.MaxMessageBytes
+	for !r.terminating {
+		avail := r.end - r.start
+		if avail < 5 {
+			break
+		}
+		p := r.in[r.start:r.end]
+		typ, l := p[0], int(int32(binary.BigEndian.Uint32(p[1:5])))
+		switch {
+		case !validFrontend[typ]:
+			return &wire.FrameError{Type: typ, Length: l, Err: errUnknownMessage}
+		case l < 4:
+			return &wire.FrameError{Type: typ, Length: l, Err: wire.ErrBadLength}
+		case l+1 > max:
+			return &wire.FrameError{Type: typ, Length: l, Err: wire.ErrMessageTooLarge}
+		}
+		if avail < l+1 {
+			if r.start+l+1 > len(r.in) {
+				r.compact(l + 1)
+			}
+			break
+		}
+		if err := r.clientMessage(ctx, typ, p[:l+1]); err != nil {
+			return err
+		}
+		r.start += l + 1
+	}
+	if r.start == r.end {
+		r.start, r.end = 0, 0
+	}
+	return nil
+}
+
+// clientMessage handles one complete client message.
+func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error {
+	body := msg[5:]
+	if r.clientSkip && typ != 'S' {
+		return nil
+	}
+	switch typ {
+	case 'Q':
+		if len(body) == 0 || body[len(body)-1] != 0 {
+			return malformed(typ)
+		}
+		text := unsafe.String(unsafe.SliceData(body), len(body)-1)
+		if name, ok := deallocateName(text); ok {
+			if _, mine := r.stmts[name]; mine {
+				delete(r.stmts, name)
+				r.synth('C', pgMsg(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}))
+				r.synth('Z', nil)
+				return nil
+			}
+		}
+		eff := r.srv.classifier.SessionEffects(text)
+		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
+			r.synth('E', r.refusal(eff.Pin))
+			r.synth('Z', nil)
+			return nil
+		}
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		r.applyEffects(eff)
+		r.push(respEntry{kind: 'Q'})
+		r.toBE = append(r.toBE, msg...)
+	case 'P':
+		name, query, types, ok := parseBody(body)
+		if !ok {
+			return malformed(typ)
+		}
+		eff := r.srv.classifier.SessionEffects(unsafe.String(unsafe.SliceData(query), len(query)))
+		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
+			r.synth('E', r.refusal(eff.Pin))
+			r.clientSkip = true
+			return nil
+		}
+		if len(name) == 0 {
+			if err := r.attach(ctx); err != nil {
+				return err
+			}
+			r.applyEffects(eff)
+			r.forwardExtended('P', msg)
+			return nil
+		}
+		if _, exists := r.stmts[string(name)]; exists {
+			r.synth('E', pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: CodeDuplicatePreparedStatement,
+				Message: fmt.Sprintf("prepared statement %q already exists", name)}))
+			r.clientSkip = true
+			return nil
+		}
+		def := newStmtDef(query, types, r.set.key, eff)
+		clientName := string(name)
+		if r.stmts == nil {
+			r.stmts = make(map[string]*stmtDef)
+		}
+		r.stmts[clientName] = def
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		r.unsynced = true
+		if r.be.Statements.Has(def.server) {
+			r.used = append(r.used, def.server)
+			r.push(respEntry{kind: '1', action: actSynth, msg: msgParseComplete, clientName: clientName, def: def})
+			r.srv.stats.parsesShared.Add(1)
+			return nil
+		}
+		r.addStatement(def.server)
+		r.push(respEntry{kind: 'P', clientName: clientName, def: def, server: def.server})
+		r.toBE = append(r.toBE, def.parse...)
+		r.srv.stats.parses.Add(1)
+	case 'B':
+		portal, rest, ok := cut0(body)
+		if !ok {
+			return malformed(typ)
+		}
+		stmt, rest, ok := cut0(rest)
+		if !ok {
+			return malformed(typ)
+		}
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		def := r.stmts[string(stmt)]
+		if len(stmt) == 0 || def == nil {
+			// Unnamed, or unknown: the server answers for itself.
+			r.forwardExtended('B', msg)
+			return nil
+		}
+		r.applyEffects(def.effects)
+		r.ensurePrepared(def)
+		r.toBE = appendRenamed(r.toBE, 'B', body[:len(portal)+1], def.server, rest)
+		r.push(respEntry{kind: 'B'})
+		r.unsynced = true
+	case 'D':
+		if len(body) < 2 || body[len(body)-1] != 0 {
+			return malformed(typ)
+		}
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		if body[0] != 'S' {
+			r.forwardExtended('d', msg)
+			return nil
+		}
+		def := r.stmts[string(body[1:len(body)-1])]
+		if def == nil {
+			r.forwardExtended('D', msg)
+			return nil
+		}
+		r.ensurePrepared(def)
+		r.toBE = appendRenamed(r.toBE, 'D', []byte{'S'}, def.server, nil)
+		r.push(respEntry{kind: 'D'})
+		r.unsynced = true
+	case 'C':
+		if len(body) < 2 || body[len(body)-1] != 0 {
+			return malformed(typ)
+		}
+		if body[0] == 'S' && len(body) > 2 {
+			// The statement may be shared on the server: only the client's
+			// name goes. Closing a name that does not exist is no error.
+			delete(r.stmts, string(body[1:len(body)-1]))
+			r.synth('3', msgCloseComplete)
+			return nil
+		}
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		r.forwardExtended('C', msg)
+	case 'E':
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		r.forwardExtended('E', msg)
+	case 'S':
+		r.clientSkip = false
+		if r.be == nil {
+			r.synth('Z', nil)
+			return nil
+		}
+		r.push(respEntry{kind: 'S'})
+		r.unsynced = false
+		r.toBE = append(r.toBE, msg...)
+	case 'H':
+		if r.be != nil {
+			r.flushed = true
+			r.toBE = append(r.toBE, msg...)
+		}
+	case 'F':
+		if err := r.attach(ctx); err != nil {
+			return err
+		}
+		r.push(respEntry{kind: 'F'})
+		r.toBE = append(r.toBE, msg...)
+	case 'd':
+		// Outside a copy the server ignores these.
+		if r.be != nil {
+			r.toBE = append(r.toBE, msg...)
+		}
+	case 'c', 'f':
+		if r.be == nil {
+			return nil
+		}
+		r.toBE = append(r.toBE, msg...)
+		if !r.copyIn {
+			r.copyEnds++
+		} else {
+			r.copyIn = false
+			// The server ignored Syncs sent during the copy (libpq sends
+			// one right behind the Execute that starts it).
+			for i := r.q.len() - 1; i >= 1; i-- {
+				if r.q.at(i).kind == 'S' {
+					r.q.removeAt(i)
+					r.awaiting--
+				}
+			}
+		}
+	case 'X':
+		r.terminating = true
+		// Answers still owed go out only to a client that reads them.
+		r.c.raw.SetWriteDeadline(time.Now().Add(drainTimeout))
+	}
+	return nil
+}
+
+func malformed(typ byte) error {
+	return &wire.FrameError{Type: typ, Err: errors.New("malformed message body")}
+}
+
+// forwardExtended forwards an extended-protocol message unchanged.
+func (r *txRelay) forwardExtended(kind byte, msg []byte) {
+	r.push(respEntry{kind: kind})
+	r.toBE = append(r.toBE, msg...)
+	r.unsynced = true
+}
+
+// push queues an entry, unless the server is skipping to the next Sync
+// after an error: then the message earns no answer, and a Parse it carried
+// created nothing.
+func (r *txRelay) push(e respEntry) {
+	if e.kind == 'S' {
+		r.errSkip = false
+	} else if r.errSkip {
+		r.undo(&e)
+		return
+	}
+	switch e.kind {
+	case 'S', 'Q', 'F':
+		if e.action != actSynth {
+			r.awaiting++
+		}
+	}
+	r.q.push(e)
+}
+
+// synth queues a message pgsidecar answers itself; kind 'Z' is a
+// ReadyForQuery with the session's status when it is written.
+func (r *txRelay) synth(kind byte, msg []byte) {
+	r.push(respEntry{kind: kind, action: actSynth, msg: msg})
+}
+
+// undo reverses what an entry that will never be answered recorded.
+func (r *txRelay) undo(e *respEntry) {
+	switch e.kind {
+	case 'P', '1':
+		if e.def != nil && e.clientName != "" && r.stmts[e.clientName] == e.def {
+			delete(r.stmts, e.clientName)
+		}
+		if e.server != "" && r.be != nil {
+			r.be.Statements.Remove(e.server)
+		}
+	case 'S', 'Q', 'F':
+		if e.action != actSynth {
+			r.awaiting--
+		}
+	}
+}
+
+// addStatement records server as prepared on the attached backend, closing
+// the least recently used statement when there are too many.
+func (r *txRelay) addStatement(server string) {
+	r.used = append(r.used, server)
+	evict, ok := r.be.Statements.Add(server, r.inUse)
+	if ok {
+		r.toBE = appendClose(r.toBE, evict)
+		r.push(respEntry{kind: 'C', action: actSwallow})
+		r.srv.stats.evictions.Add(1)
+	}
+}
+
+func (r *txRelay) inUse(name string) bool {
+	for _, u := range r.used {
+		if u == name {
+			return true
+		}
+	}
+	return false
+}
+
+// ensurePrepared makes sure the attached backend has def, preparing it
+// first (with its answer swallowed) when it does not.
+func (r *txRelay) ensurePrepared(def *stmtDef) {
+	if r.be.Statements.Has(def.server) {
+		r.used = append(r.used, def.server)
+		return
+	}
+	r.addStatement(def.server)
+	r.push(respEntry{kind: 'P', action: actSwallow, server: def.server})
+	r.toBE = append(r.toBE, def.parse...)
+	r.srv.stats.lazyParses.Add(1)
+}
+
+// applyEffects notes what a statement about to run does to the session.
+func (r *txRelay) applyEffects(e sqlinfo.Effects) {
+	if e.SetsSession || e.DiscardAll {
+		r.snapshot = true
+	}
+	if e.DeallocateAll || e.DiscardAll {
+		// The server drops every prepared statement on this backend,
+		// including the ones pgsidecar made; the client's are gone too.
+		clear(r.stmts)
+		r.be.Statements.Clear()
+	}
+	if e.Pin != "" && r.pin == "" {
+		r.pin = e.Pin
+	}
+}
+
+// refusal is the error for a statement that needs a pinned session when
+// pinning is off.
+func (r *txRelay) refusal(feature string) []byte {
+	r.srv.countRefusal(feature)
+	return pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: CodeFeatureNotSupported,
+		Message: fmt.Sprintf("%s is not supported in transaction pooling mode", feature),
+		Hint:    "Enable pin_on_session_state, or use session pooling for this client."})
+}
+
+func pgMsg(m pgproto3.BackendMessage) []byte {
+	b, err := m.Encode(nil)
+	if err != nil {
+		panic(err) // only fixed, valid messages are encoded here
+	}
+	return b
+}
+
+// attach gives the session a backend holding the client's settings.
+func (r *txRelay) attach(ctx context.Context) error {
+	if r.be != nil {
+		return nil
+	}
+	s := r.srv
+	actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
+	be, err := s.backends.Acquire(actx, r.c.key)
+	cancel()
+	if err != nil {
+		return fatalFrom(err)
+	}
+	if sql := r.set.syncSQL(be.Settings); sql != "" {
+		s.stats.settingsSyncs.Add(1)
+		actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
+		res, err := be.Exec(actx, sql)
+		cancel()
+		if err != nil {
+			if res.TxStatus == 'I' && isServerError(err) {
+				be.Settings = "\x00unknown"
+				s.backends.Recycle(be)
+			} else {
+				s.destroyBackend(be)
+			}
+			return fatalFrom(err)
+		}
+		be.Settings = r.set.key
+	}
+	r.be = be
+	r.bbufp = backendBuffers.Get().(*[]byte)
+	r.bbuf = *r.bbufp
+	r.c.cancelMu.Lock()
+	r.c.backend.Store(be)
+	r.c.cancelMu.Unlock()
+	r.armBackend(time.Now())
+	s.stats.attaches.Add(1)
+	return nil
+}
+
+// maybeDetach gives the backend back when the session is idle and the
+// backend owes nothing, after recording any settings the transaction left.
+func (r *txRelay) maybeDetach(ctx context.Context) error {
+	if r.be == nil || r.q.len() > 0 || r.unsynced || r.copyIn || r.txStatus != 'I' || r.errSkip || !r.fs.atBoundary() {
+		return nil
+	}
+	be := r.be
+	if r.snapshot {
+		r.snapshot = false
+		sctx, cancel := context.WithTimeout(ctx, drainTimeout)
+		set, err := snapshotSettings(sctx, be)
+		cancel()
+		if err != nil {
+			return r.backendFailed(err)
+		}
+		r.set = set
+		be.Settings = set.key
+	}
+	if r.pin != "" {
+		return errPinned
+	}
+	r.detach()
+	r.srv.backends.Recycle(be)
+	return nil
+}
+
+// detach forgets the attached backend; the caller returns or closes it.
+func (r *txRelay) detach() {
+	r.be.NetConn().SetReadDeadline(time.Time{})
+	r.c.cancelMu.Lock()
+	r.c.backend.Store(nil)
+	r.c.cancelMu.Unlock()
+	r.be = nil
+	backendBuffers.Put(r.bbufp)
+	r.bbufp, r.bbuf = nil, nil
+	r.used = r.used[:0]
+}
+
+// readBackend reads one chunk of answers and relays it.
+func (r *txRelay) readBackend() error {
+	if qt := r.srv.cfg.QueryTimeout; qt > 0 {
+		r.be.NetConn().SetReadDeadline(time.Now().Add(qt))
+	}
+	n, err := r.be.Reader().Read(r.bbuf)
+	if n > 0 {
+		if err := r.processBackend(r.bbuf[:n]); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return r.checkWaiting()
+		}
+		return r.backendFailed(err)
+	}
+	return nil
+}
+
+// armBackend sets the backend's read deadline for the next wait.
+func (r *txRelay) armBackend(now time.Time) {
+	d := livenessInterval
+	if qt := r.srv.cfg.QueryTimeout; qt > 0 {
+		d = min(d, max(qt-now.Sub(r.sentAt), time.Millisecond))
+	}
+	r.deadline = now.Add(d)
+	r.be.NetConn().SetReadDeadline(r.deadline)
+}
+
+// noteSent records when a batch went out, for query_timeout.
+func (r *txRelay) noteSent() {
+	if r.srv.cfg.QueryTimeout > 0 && !r.expecting() {
+		r.sentAt = time.Now()
+		r.armBackend(r.sentAt)
+	}
+}
+
+// checkWaiting runs when a wait for the backend hit its deadline: it ends
+// the session if the client left or query_timeout passed, and re-arms the
+// deadline otherwise.
+func (r *txRelay) checkWaiting() error {
+	now := time.Now()
+	if qt := r.srv.cfg.QueryTimeout; qt > 0 && now.Sub(r.sentAt) >= qt {
+		return errBackendFailed{errQueryTimout}
+	}
+	if sockio.PeerClosed(r.c.raw) {
+		return errClientGone
+	}
+	r.armBackend(now)
+	return nil
+}
+
+// errBackendFailed ends a session whose backend failed; the backend is
+// closed.
+type errBackendFailed struct{ error }
+
+func (e errBackendFailed) Unwrap() error { return e.error }
+
+func (r *txRelay) backendFailed(err error) error { return errBackendFailed{err} }
+
+// processBackend relays one chunk read from the backend, following the
+// queue: answers to pgsidecar's own messages are cut out, and answers
+// pgsidecar owes for messages it did not send are put in their place.
+func (r *txRelay) processBackend(p []byte) error {
+	r.seg, r.dirty = 0, false
+	i := 0
+	for i < len(p) {
+		if r.fs.remain > 0 {
+			k := min(r.fs.remain, len(p)-i)
+			if r.wantZ {
+				r.zStatus = p[i]
+				r.wantZ = false
+			}
+			if r.inParam {
+				r.param = append(r.param, p[i:i+k]...)
+			}
+			if r.drop {
+				r.cut(p, i)
+				r.seg = i + k
+			}
+			r.fs.remain -= k
+			i += k
+			if r.fs.remain == 0 {
+				r.messageEnd(p, i)
+			}
+			continue
+		}
+		hstart := i
+		held := r.heldHeader
+		var ok bool
+		if i, ok = r.fs.header(p, i); !ok {
+			// Hold a partial header back until it is whole.
+			r.cut(p, hstart)
+			r.seg = len(p)
+			r.heldHeader = true
+			break
+		}
+		r.heldHeader = false
+		l := r.fs.length()
+		if l < 4 {
+			return &wire.FrameError{Type: r.fs.hdr[0], Length: l, Err: wire.ErrBadLength}
+		}
+		r.fs.remain = l - 4
+		r.emitSynthAt(p, hstart)
+		if err := r.messageStart(r.fs.hdr[0]); err != nil {
+			return err
+		}
+		switch {
+		case r.drop:
+			r.cut(p, hstart)
+			r.seg = i
+		case held:
+			r.cut(p, hstart)
+			r.toCl = append(r.toCl, r.fs.hdr[:]...)
+			r.seg = i
+		}
+		if r.fs.remain == 0 {
+			r.messageEnd(p, i)
+		}
+	}
+	if !r.dirty {
+		return r.writeClient(p)
+	}
+	if r.seg < len(p) {
+		r.toCl = append(r.toCl, p[r.seg:]...)
+	}
+	r.seg = len(p)
+	return r.flushClient()
+}
+
+// cut copies the chunk's pending bytes before i into toCl: from here on
+// this chunk's output is rebuilt there.
+func (r *txRelay) cut(p []byte, i int) {
+	r.toCl = append(r.toCl, p[r.seg:i]...)
+	r.seg = i
+	r.dirty = true
+}
+
+// messageStart decides what happens to a backend message of type t.
+func (r *txRelay) messageStart(t byte) error {
+	r.curType = t
+	r.drop, r.completing = false, false
+	switch t {
+	case 'N', 'A':
+		return nil
+	case 'S':
+		if r.fs.remain <= maxParamStatus {
+			r.inParam = true
+			r.param = r.param[:0]
+		}
+		return nil
+	}
+	if r.q.len() == 0 {
+		return errBackendFailed{fmt.Errorf("backend sent %q with nothing owed", t)}
+	}
+	e := r.q.front()
+	switch t {
+	case 'Z':
+		r.wantZ = r.fs.remain > 0
+	case 'G':
+		if r.copyEnds > 0 {
+			r.copyEnds--
+		} else {
+			r.copyIn = true
+		}
+	case 'W':
+		return errBackendFailed{errors.New("backend started COPY BOTH, which pgsidecar does not relay")}
+	}
+	r.drop = e.action == actSwallow && t != 'E'
+	r.completing = completes(e.kind, t)
+	return nil
+}
+
+// messageEnd finishes the current backend message, which ended at i.
+func (r *txRelay) messageEnd(p []byte, i int) {
+	if r.inParam {
+		r.inParam = false
+		if name, rest, ok := cstring(r.param); ok {
+			if value, _, ok := cstring(rest); ok {
+				r.be.NoteParameterStatus(name, value)
+				// The client changed a reported setting: read its settings
+				// back at the end of the transaction.
+				r.snapshot = true
+			}
+		}
+	}
+	wasDrop := r.drop
+	r.drop = false
+	if !r.completing {
+		return
+	}
+	r.completing = false
+	e := r.q.pop()
+	switch {
+	case r.curType == 'E' && extended(e.kind):
+		r.undo(&e)
+		// The server now ignores everything up to the next Sync.
+		for r.q.len() > 0 && r.q.front().kind != 'S' {
+			d := r.q.pop()
+			r.undo(&d)
+		}
+		if r.q.len() == 0 {
+			r.errSkip = true
+		}
+	case r.curType == 'Z':
+		r.awaiting--
+		r.txStatus = r.zStatus
+		r.copyIn = false
+		r.copyEnds = 0
+	}
+	if r.q.len() == 0 {
+		r.used = r.used[:0]
+		r.flushed = false
+	}
+	_ = wasDrop
+	r.emitSynthAt(p, i)
+}
+
+// emitSynthAt writes, at position i of the chunk, the answers pgsidecar
+// owes that are now at the head of the queue.
+func (r *txRelay) emitSynthAt(p []byte, i int) {
+	if r.q.len() == 0 || r.q.front().action != actSynth {
+		return
+	}
+	r.cut(p, i)
+	r.emitSynth()
+}
+
+// emitSynth appends the synthetic answers at the head of the queue to toCl.
+func (r *txRelay) emitSynth() {
+	for r.q.len() > 0 && r.q.front().action == actSynth {
+		e := r.q.pop()
+		if e.kind == 'Z' {
+			r.toCl = append(r.toCl, 'Z', 0, 0, 0, 5, r.txStatus)
+		} else {
+			r.toCl = append(r.toCl, e.msg...)
+		}
+		if r.q.len() == 0 {
+			r.used = r.used[:0]
+			r.flushed = false
+		}
+	}
+}
+
+// flushClient writes what toCl holds.
+func (r *txRelay) flushClient() error {
+	if len(r.toCl) == 0 {
+		return nil
+	}
+	err := r.writeClient(r.toCl)
+	r.toCl = r.toCl[:0]
+	if cap(r.toCl) > 64<<10 {
+		r.toCl = nil
+	}
+	return err
+}
+
+func (r *txRelay) writeClient(b []byte) error {
+	if _, err := r.c.cio.Write(b); err != nil {
+		return errClientWrite{err}
+	}
+	return nil
+}
+
+type errClientWrite struct{ error }
+
+func (e errClientWrite) Unwrap() error { return e.error }
+
+// finish ends the session: it tells the client why when that helps, and
+// gives back or closes a backend still attached.
+func (r *txRelay) finish(ctx context.Context, cause error) {
+	c := r.c
+	var frameErr *wire.FrameError
+	var pe *Error
+	var bf errBackendFailed
+	switch {
+	case errors.Is(cause, errTerminated):
+		c.log.Debug("client terminated")
+	case errors.As(cause, &frameErr):
+		c.log.Info("closing client after a malformed message", "err", cause)
+		c.sendError(cause)
+	case errors.Is(cause, errDrain):
+		c.sendError(fatal(CodeAdminShutdown, "terminating connection: the sidecar is shutting down", nil))
+	case errors.As(cause, &bf):
+		if errors.As(bf.error, &pe) {
+			c.sendError(pe)
+		} else if r.curType != 'E' {
+			c.log.Info("backend connection lost", "err", bf.error)
+			c.sendError(fatal(CodeConnectionFailure, "server closed the connection unexpectedly", bf.error))
+		}
+	case errors.As(cause, &pe):
+		c.log.Info("closing client", "err", cause)
+		c.sendError(pe)
+	case errors.Is(cause, io.EOF):
+		c.log.Debug("client connection closed")
+	default:
+		c.log.Debug("client connection closed", "err", cause)
+	}
+	if r.be != nil {
+		be := r.be
+		clean := !errors.As(cause, &bf) && r.q.len() == 0 && !r.unsynced && !r.copyIn && !r.errSkip && r.fs.atBoundary()
+		if clean && r.txStatus != 'I' {
+			rctx, cancel := context.WithTimeout(ctx, drainTimeout)
+			res, err := be.Exec(rctx, "ROLLBACK")
+			cancel()
+			clean = err == nil && res.TxStatus == 'I'
+		}
+		if clean && r.snapshot {
+			// The client's settings changed and were not read back: reset
+			// them on the next attach.
+			be.Settings = "\x00unknown"
+		}
+		if !clean && r.q.len() > 0 && !errors.As(cause, &bf) {
+			// The client is gone with a query running: stop it, since
+			// closing the connection alone does not (pg_sleep runs on).
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			be.Cancel(cctx)
+			cancel()
+		}
+		r.detach()
+		if clean {
+			r.srv.backends.Recycle(be)
+		} else {
+			r.srv.destroyBackend(be)
+		}
+	}
+	r.giveIn()
+	r.toCl, r.toBE = nil, nil
+}
+
+// handover turns a pinned session into a session-mode relay on its
+// backend: the client's statements are prepared there under the client's
+// own names, then the bytes already read are passed on.
+func (r *txRelay) handover(ctx context.Context) {
+	c, be := r.c, r.be
+	r.srv.countPin(r.pin)
+	c.log.Debug("session pinned to its backend", "reason", r.pin, "backend_pid", be.PID())
+	if len(r.stmts) > 0 {
+		var out []byte
+		for name, def := range r.stmts {
+			rest := def.parse[5+len(def.server)+1:]
+			out = appendRenamed(out, 'P', nil, name, rest)
+		}
+		out = append(out, 'S', 0, 0, 0, 4)
+		hctx, cancel := context.WithTimeout(ctx, drainTimeout)
+		err := be.Exchange(hctx, out)
+		cancel()
+		if err != nil {
+			r.finish(ctx, errBackendFailed{err})
+			return
+		}
+	}
+	pending := append([]byte(nil), r.in[r.start:r.end]...)
+	r.giveIn()
+	backendBuffers.Put(r.bbufp)
+	r.bbufp, r.bbuf = nil, nil
+	r.toCl, r.toBE = nil, nil
+
+	c.bs = backendScan{txStatus: 'I', be: be}
+	c.cs = clientScan{}
+	c.txStatus.Store('I')
+	c.rfqs.Store(0)
+	c.syncs.Store(0)
+	c.clientClean.Store(true)
+	c.pumpDone = make(chan pumpResult, 1)
+	go c.pumpBackend(be)
+	err := c.forwardClient(ctx, be, pending)
+	c.finish(ctx, be, err)
+}
