@@ -141,13 +141,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("max_message_bytes must be at least 1024, got %d", c.MaxMessageBytes))
 	}
 	for name, d := range map[string]time.Duration{
-		"client_login_timeout": c.ClientLoginTimeout,
-		"query_wait_timeout":   c.QueryWaitTimeout,
-		"shutdown_timeout":     c.ShutdownTimeout,
-		"shutdown_grace":       c.ShutdownGrace,
-		"client_idle_timeout":  c.ClientIdleTimeout,
+		"client_login_timeout":     c.ClientLoginTimeout,
+		"query_wait_timeout":       c.QueryWaitTimeout,
+		"shutdown_timeout":         c.ShutdownTimeout,
+		"shutdown_grace":           c.ShutdownGrace,
+		"client_idle_timeout":      c.ClientIdleTimeout,
 		"idle_transaction_timeout": c.IdleTransactionTimeout,
-		"query_timeout":        c.QueryTimeout,
+		"query_timeout":            c.QueryTimeout,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))

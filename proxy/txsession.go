@@ -61,12 +61,12 @@ type txRelay struct {
 	errSkip bool
 	// clientSkip: pgsidecar answered an error itself and drops the client's
 	// messages until its next Sync, as the server would.
-	clientSkip  bool
-	copyIn      bool // the backend is in COPY FROM STDIN
+	clientSkip bool
+	copyIn     bool // the backend is in COPY FROM STDIN
 	// copyEnds counts CopyDone and CopyFail messages forwarded before the
 	// server said it was ready for data: pgx sends its whole COPY without
 	// waiting. The next CopyInResponse then finds the copy already over.
-	copyEnds int
+	copyEnds    int
 	txStatus    byte
 	terminating bool
 

@@ -27,8 +27,8 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/pgsidecar/pgsidecar/internal/testenv"
-	"github.com/pgsidecar/pgsidecar/proxy"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // directURL is pg's superuser straight to PostgreSQL.
