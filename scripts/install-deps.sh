@@ -5,6 +5,7 @@
 #   redis-server          the result cache's L2 tier in tests
 #   pgbouncer             the baseline in benchmarks
 #   nodejs, npm           node-postgres tests (test/integration/nodepg_test.go)
+#   python3-psycopg2      psycopg2 tests, run by Debian's /usr/bin/python3
 #
 # and then, where node and npm are there, the node-postgres test project's
 # packages: `npm ci` in test/integration/testdata/node when its node_modules
@@ -35,6 +36,9 @@ have pgbouncer || missing+=(pgbouncer)
 # NodeSource's nodejs package brings its own npm; Debian's does not.
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
+# The psycopg2 tests call /usr/bin/python3 by path: a python3 earlier on PATH
+# (pyenv, a virtualenv) does not see Debian's python3-* packages.
+/usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || missing+=(python3-psycopg2)
 
 # node_deps installs the node-postgres test project's packages, exactly as
 # package-lock.json pins them, when node_modules is missing or stale (npm
@@ -56,7 +60,7 @@ node_deps() {
 }
 
 if ((${#missing[@]} == 0)); then
-	echo "install-deps: PostgreSQL ${PG_MAJOR}, Redis, PgBouncer, and Node.js are installed"
+	echo "install-deps: PostgreSQL ${PG_MAJOR}, Redis, PgBouncer, Node.js and psycopg2 are installed"
 	node_deps
 	exit 0
 fi

@@ -1,7 +1,7 @@
 package integration
 
 // Non-Go drivers through the sidecar run as scripts (node-postgres in
-// testdata/node), in every pool mode. A
+// testdata/node, psycopg2 in testdata/psycopg2), in every pool mode. A
 // script writes one JSON object per line to stdout, each naming what it
 // reports in its "check" field, and exits non-zero on an error it did not
 // expect; the Go test asserts the values.
