@@ -39,11 +39,6 @@ var driverPoolModes = []proxy.PoolMode{proxy.PoolModeSession, proxy.PoolModeTran
 func forEachPoolMode(t *testing.T, f func(t *testing.T, mode proxy.PoolMode)) {
 	for _, mode := range driverPoolModes {
 		t.Run(string(mode), func(t *testing.T) {
-			if mode == proxy.PoolModeTransaction {
-				// TODO(txmode): remove this skip when transaction pooling
-				// lands; until then proxy.Config.Validate rejects the mode.
-				t.Skip("transaction mode not built yet")
-			}
 			t.Parallel()
 			f(t, mode)
 		})
