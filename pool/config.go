@@ -43,6 +43,12 @@ type Config struct {
 	// ResetQuery runs on a backend before it returns to the pool after a
 	// session. Zero: "DISCARD ALL". Set to "-" to disable.
 	ResetQuery string
+	// ReservePoolSize is how many connections beyond PoolSize a pool may
+	// lend to clients that have waited ReservePoolTimeout. Zero: none.
+	ReservePoolSize int
+	// ReservePoolTimeout is how long a client waits for an ordinary slot
+	// before it may use the reserve. Zero: 5s.
+	ReservePoolTimeout time.Duration
 	// MaxPreparedStatements bounds the prepared statements a transaction-mode
 	// proxy keeps on each backend connection (see Statements). Zero: 200;
 	// negative: no bound.
@@ -73,6 +79,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ResetQuery == "" {
 		c.ResetQuery = "DISCARD ALL"
+	}
+	if c.ReservePoolTimeout == 0 {
+		c.ReservePoolTimeout = 5 * time.Second
 	}
 	if c.MaxPreparedStatements == 0 {
 		c.MaxPreparedStatements = 200
@@ -106,6 +115,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PoolSize > 0 && c.MinPoolSize > c.PoolSize {
 		errs = append(errs, fmt.Errorf("min_pool_size (%d) must not exceed pool_size (%d)", c.MinPoolSize, c.PoolSize))
+	}
+	if c.ReservePoolSize < 0 {
+		errs = append(errs, fmt.Errorf("reserve_pool_size must not be negative, got %d", c.ReservePoolSize))
 	}
 	if c.ConnectTimeout < 0 {
 		errs = append(errs, fmt.Errorf("server_connect_timeout must not be negative, got %s", c.ConnectTimeout))

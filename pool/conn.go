@@ -41,6 +41,7 @@ type Conn struct {
 
 	pool *keyPool
 	res  *puddle.Resource[*Conn]
+	slot slotKind
 	buf  []byte // scratch for the pool's own exchanges
 
 	// Statements and Settings belong to the holder, like the socket: they

@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
+	"golang.org/x/sync/semaphore"
 )
 
 // Key names a pool: the client's database and user.
@@ -89,6 +90,12 @@ type keyPool struct {
 	m       *Manager
 	connCfg *pgconn.Config
 	p       *puddle.Pool[*Conn]
+
+	// With a reserve, p holds PoolSize+ReservePoolSize connections and
+	// these gate how many are lent: slots for ordinary use, reserve for
+	// clients that waited longer than ReservePoolTimeout. Nil without a
+	// reserve: p's own limit (a FIFO semaphore) is the gate.
+	slots, reserve *semaphore.Weighted
 }
 
 func (m *Manager) pool(key Key) (*keyPool, error) {
@@ -105,10 +112,14 @@ func (m *Manager) pool(key Key) (*keyPool, error) {
 		return nil, &ConnectError{Key: key, Err: err}
 	}
 	kp := &keyPool{key: key, m: m, connCfg: connCfg}
+	if m.cfg.ReservePoolSize > 0 {
+		kp.slots = semaphore.NewWeighted(int64(m.cfg.PoolSize))
+		kp.reserve = semaphore.NewWeighted(int64(m.cfg.ReservePoolSize))
+	}
 	kp.p, err = puddle.NewPool(&puddle.Config[*Conn]{
 		Constructor: kp.construct,
 		Destructor:  func(c *Conn) { c.close() },
-		MaxSize:     int32(m.cfg.PoolSize),
+		MaxSize:     int32(m.cfg.PoolSize + m.cfg.ReservePoolSize),
 	})
 	if err != nil {
 		return nil, err
@@ -193,9 +204,18 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	slot, err := kp.takeSlot(ctx)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			m.stats.acquireTimeouts.Add(1)
+			return nil, ErrAcquireTimeout
+		}
+		return nil, err
+	}
 	for {
 		res, err := kp.p.Acquire(ctx)
 		if err != nil {
+			kp.giveSlot(slot)
 			switch {
 			case errors.Is(err, puddle.ErrClosedPool):
 				return nil, ErrClosed
@@ -215,16 +235,73 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 			}
 		}
 		c.res = res
+		c.slot = slot
 		return c, nil
 	}
+}
+
+// slotKind says which gate lent a connection.
+type slotKind uint8
+
+const (
+	slotNone slotKind = iota // no reserve configured: puddle's limit
+	slotNormal
+	slotReserve
+)
+
+// takeSlot waits for permission to lend a connection: an ordinary slot,
+// or, after ReservePoolTimeout, a reserve one if there is one free.
+func (kp *keyPool) takeSlot(ctx context.Context) (slotKind, error) {
+	if kp.slots == nil {
+		return slotNone, nil
+	}
+	if kp.slots.TryAcquire(1) {
+		return slotNormal, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, kp.m.cfg.ReservePoolTimeout)
+	err := kp.slots.Acquire(wctx, 1)
+	cancel()
+	if err == nil {
+		return slotNormal, nil
+	}
+	if ctx.Err() != nil {
+		return slotNone, ctx.Err()
+	}
+	if kp.reserve.TryAcquire(1) {
+		kp.m.stats.reserveUsed.Add(1)
+		return slotReserve, nil
+	}
+	if err := kp.slots.Acquire(ctx, 1); err != nil {
+		return slotNone, err
+	}
+	return slotNormal, nil
+}
+
+func (kp *keyPool) giveSlot(s slotKind) {
+	switch s {
+	case slotNormal:
+		kp.slots.Release(1)
+	case slotReserve:
+		kp.reserve.Release(1)
+	}
+}
+
+// lend ends a loan: the connection's slot is free again.
+func (c *Conn) lend() *puddle.Resource[*Conn] {
+	res := c.res
+	c.res = nil
+	if res != nil {
+		c.pool.giveSlot(c.slot)
+		c.slot = slotNone
+	}
+	return res
 }
 
 // Release returns c to its pool. The caller asserts that c is idle: no
 // query in flight, no transaction open, nothing buffered. The reset query
 // runs first; a failed reset, or a connection past its lifetime, closes c.
 func (m *Manager) Release(ctx context.Context, c *Conn) {
-	res := c.res
-	c.res = nil
+	res := c.lend()
 	if res == nil {
 		panic("pool: Release of a Conn that is not acquired")
 	}
@@ -255,8 +332,7 @@ func (m *Manager) Release(ctx context.Context, c *Conn) {
 // the next holder. The caller asserts that c is idle, as for Release. A
 // connection past its lifetime is closed.
 func (m *Manager) Recycle(c *Conn) {
-	res := c.res
-	c.res = nil
+	res := c.lend()
 	if res == nil {
 		panic("pool: Recycle of a Conn that is not acquired")
 	}
@@ -270,8 +346,7 @@ func (m *Manager) Recycle(c *Conn) {
 
 // Destroy closes c instead of returning it: its state is unknown.
 func (m *Manager) Destroy(c *Conn) {
-	res := c.res
-	c.res = nil
+	res := c.lend()
 	if res == nil {
 		panic("pool: Destroy of a Conn that is not acquired")
 	}

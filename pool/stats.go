@@ -15,6 +15,7 @@ type counters struct {
 	resetFailures   atomic.Int64
 	destroyed       atomic.Int64
 	reaped          atomic.Int64
+	reserveUsed     atomic.Int64
 }
 
 // Stats is a point-in-time snapshot of a Manager, for metrics and the admin
@@ -27,6 +28,7 @@ type Stats struct {
 	ResetFailures   int64 // backends closed because the reset query failed
 	Destroyed       int64 // backends closed because their state was unknown
 	Reaped          int64 // backends closed for idleness or age
+	ReserveUsed     int64 // loans from the reserve pool
 	Pools           []PoolStats
 }
 
@@ -56,6 +58,7 @@ func (m *Manager) Stats() Stats {
 		ResetFailures:   m.stats.resetFailures.Load(),
 		Destroyed:       m.stats.destroyed.Load(),
 		Reaped:          m.stats.reaped.Load(),
+		ReserveUsed:     m.stats.reserveUsed.Load(),
 	}
 	m.mu.Lock()
 	for _, kp := range m.pools {

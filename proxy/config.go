@@ -58,6 +58,9 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// PoolMode is session or transaction. Zero: session.
 	PoolMode PoolMode
+	// DatabasePoolModes overrides PoolMode per client database name. Nil:
+	// none.
+	DatabasePoolModes map[string]PoolMode
 	// RejectSessionState, in transaction mode, refuses with 0A000 the
 	// statements that keep state on a backend beyond the transaction
 	// (LISTEN, session advisory locks, temporary tables, WITH HOLD
@@ -157,6 +160,11 @@ func (c *Config) Validate() error {
 	case "", PoolModeSession, PoolModeTransaction:
 	default:
 		errs = append(errs, fmt.Errorf("pool_mode must be session or transaction, got %q", c.PoolMode))
+	}
+	for db, m := range c.DatabasePoolModes {
+		if m != PoolModeSession && m != PoolModeTransaction {
+			errs = append(errs, fmt.Errorf("pool_mode of database %s must be session or transaction, got %q", db, m))
+		}
 	}
 	switch c.TLSMode {
 	case "", TLSDisable, TLSAllow:

@@ -284,7 +284,7 @@ func (s *Server) Shutdown(ctx context.Context) (cut int, err error) {
 		// interrupted: a read deadline that fires on a TLS connection
 		// breaks it for good.)
 		// In transaction mode a session holding no backend is idle.
-		if c.backend.Load() == nil || (s.cfg.PoolMode != PoolModeTransaction && c.idle()) {
+		if c.backend.Load() == nil || (!c.txMode.Load() && c.idle()) {
 			c.raw.SetReadDeadline(time.Now())
 		}
 	}

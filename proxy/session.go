@@ -52,6 +52,8 @@ type clientConn struct {
 
 	st        *startup
 	key       pool.Key
+	mode      PoolMode
+	txMode    atomic.Bool // mode, for Shutdown
 	cancelKey uint64
 
 	// backend is the backend serving the client, read by cancel requests
@@ -102,6 +104,11 @@ func (c *clientConn) serve(ctx context.Context) {
 	}
 	c.st = st
 	c.key = pool.Key{Database: st.database, User: st.user}
+	c.mode = c.srv.cfg.PoolMode
+	if m, ok := c.srv.cfg.DatabasePoolModes[st.database]; ok {
+		c.mode = m
+	}
+	c.txMode.Store(c.mode == PoolModeTransaction)
 	c.log = c.log.With("database", st.database, "user", st.user)
 	if err := c.login(ctx); err != nil {
 		c.startupFailed(err)
@@ -110,7 +117,7 @@ func (c *clientConn) serve(ctx context.Context) {
 	defer c.srv.unregisterCancel(c.cancelKey)
 
 	c.log.Debug("client ready", "backend_pid", c.backend.Load().PID())
-	if c.srv.cfg.PoolMode == PoolModeTransaction {
+	if c.mode == PoolModeTransaction {
 		c.serveTransactions(ctx)
 		return
 	}
@@ -184,7 +191,7 @@ func (c *clientConn) login(ctx context.Context) error {
 		return fatalFrom(err)
 	}
 	sql := setConfigSQL(c.st.params, be.Params())
-	if s.cfg.PoolMode == PoolModeTransaction {
+	if c.mode == PoolModeTransaction {
 		// The backend may hold another client's settings.
 		sql = c.initialSettings().syncSQL(be.Settings)
 	}

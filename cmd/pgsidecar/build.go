@@ -133,35 +133,68 @@ func (c Config) build() (built, error) {
 		bad("log.format must be text or json, got %q", c.Log.Format)
 	}
 
+	dbURLs, dbModes, err := splitPoolModes(c.Databases)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, f := range []struct {
+		key string
+		d   time.Duration
+	}{
+		{"client_idle_timeout", c.ClientIdleTimeout},
+		{"idle_transaction_timeout", c.IdleTransactionTimeout},
+		{"query_timeout", c.QueryTimeout},
+		{"reserve_pool_timeout", c.ReservePoolTimeout},
+	} {
+		if f.d < 0 {
+			bad("%s must not be negative (0 disables it), got %s", f.key, f.d)
+		}
+	}
+	if c.MaxPreparedStatements < 0 {
+		bad("max_prepared_statements must not be negative (0: no limit), got %d", c.MaxPreparedStatements)
+	}
+
 	b.proxy = proxy.Config{
-		ListenAddr:         c.Listen,
-		MaxClientConn:      c.MaxClientConn,
-		MaxMessageBytes:    c.MaxMessageBytes,
-		ClientLoginTimeout: c.ClientLoginTimeout,
-		QueryWaitTimeout:   c.QueryWaitTimeout,
-		ShutdownTimeout:    c.ShutdownTimeout,
-		ShutdownGrace:      c.ShutdownGrace,
-		PoolMode:           proxy.PoolMode(c.PoolMode),
-		TLS:                tlsCfg,
-		TLSMode:            proxy.TLSMode(c.TLS.ClientMode),
-		AuthMethod:         method,
-		Users:              users,
+		ListenAddr:             c.Listen,
+		MaxClientConn:          c.MaxClientConn,
+		MaxMessageBytes:        c.MaxMessageBytes,
+		ClientLoginTimeout:     c.ClientLoginTimeout,
+		QueryWaitTimeout:       c.QueryWaitTimeout,
+		ShutdownTimeout:        c.ShutdownTimeout,
+		ShutdownGrace:          c.ShutdownGrace,
+		PoolMode:               proxy.PoolMode(c.PoolMode),
+		RejectSessionState:     !c.PinOnSessionState,
+		ClientIdleTimeout:      c.ClientIdleTimeout,
+		IdleTransactionTimeout: c.IdleTransactionTimeout,
+		QueryTimeout:           c.QueryTimeout,
+		DatabasePoolModes:      dbModes,
+		TLS:                    tlsCfg,
+		TLSMode:                proxy.TLSMode(c.TLS.ClientMode),
+		AuthMethod:             method,
+		Users:                  users,
 	}
 	resetQuery := c.ServerResetQuery
 	if resetQuery == "" {
 		resetQuery = "-" // pool's spelling of "none"; its zero means the default
 	}
+	maxPrepared := c.MaxPreparedStatements
+	if maxPrepared == 0 {
+		maxPrepared = -1 // pool's spelling of "no limit"
+	}
 	b.pool = pool.Config{
-		Upstream:       c.Upstream,
-		Databases:      c.Databases,
-		Passwords:      plaintextPasswords(creds),
-		PoolSize:       c.PoolSize,
-		MinPoolSize:    c.MinPoolSize,
-		ConnectTimeout: c.ServerConnectTimeout,
-		IdleTimeout:    disableIfZero(c.ServerIdleTimeout),
-		Lifetime:       disableIfZero(c.ServerLifetime),
-		CheckDelay:     disableIfZero(c.ServerCheckDelay),
-		ResetQuery:     resetQuery,
+		Upstream:              c.Upstream,
+		Databases:             dbURLs,
+		ReservePoolSize:       c.ReservePoolSize,
+		ReservePoolTimeout:    c.ReservePoolTimeout,
+		MaxPreparedStatements: maxPrepared,
+		Passwords:             plaintextPasswords(creds),
+		PoolSize:              c.PoolSize,
+		MinPoolSize:           c.MinPoolSize,
+		ConnectTimeout:        c.ServerConnectTimeout,
+		IdleTimeout:           disableIfZero(c.ServerIdleTimeout),
+		Lifetime:              disableIfZero(c.ServerLifetime),
+		CheckDelay:            disableIfZero(c.ServerCheckDelay),
+		ResetQuery:            resetQuery,
 	}
 	// Validate takes a pointer; check copies so nothing leaks back.
 	proxyCfg, poolCfg := b.proxy, b.pool
@@ -285,4 +318,39 @@ func isLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// splitPoolModes takes PgBouncer's per-database pool_mode out of the
+// databases URLs (postgres://...?pool_mode=transaction): the proxy gets the
+// modes, the pool gets URLs PostgreSQL understands.
+func splitPoolModes(dbs map[string]string) (map[string]string, map[string]proxy.PoolMode, error) {
+	if len(dbs) == 0 {
+		return dbs, nil, nil
+	}
+	urls := make(map[string]string, len(dbs))
+	var modes map[string]proxy.PoolMode
+	var errs []error
+	for name, raw := range dbs {
+		u, err := url.Parse(raw)
+		if err != nil {
+			urls[name] = raw // the pool reports it
+			continue
+		}
+		q := u.Query()
+		if m := q.Get("pool_mode"); m != "" {
+			if modes == nil {
+				modes = make(map[string]proxy.PoolMode)
+			}
+			switch proxy.PoolMode(m) {
+			case proxy.PoolModeSession, proxy.PoolModeTransaction:
+				modes[name] = proxy.PoolMode(m)
+			default:
+				errs = append(errs, fmt.Errorf("databases.%s: pool_mode must be session or transaction, got %q", name, m))
+			}
+			q.Del("pool_mode")
+			u.RawQuery = q.Encode()
+		}
+		urls[name] = u.String()
+	}
+	return urls, modes, errors.Join(errs...)
 }

@@ -48,6 +48,14 @@ type Config struct {
 	ShutdownTimeout      time.Duration `mapstructure:"shutdown_timeout" yaml:"shutdown_timeout"`
 	ShutdownGrace        time.Duration `mapstructure:"shutdown_grace" yaml:"shutdown_grace"`
 
+	PinOnSessionState      bool          `mapstructure:"pin_on_session_state" yaml:"pin_on_session_state"`
+	MaxPreparedStatements  int           `mapstructure:"max_prepared_statements" yaml:"max_prepared_statements"`
+	ClientIdleTimeout      time.Duration `mapstructure:"client_idle_timeout" yaml:"client_idle_timeout"`
+	IdleTransactionTimeout time.Duration `mapstructure:"idle_transaction_timeout" yaml:"idle_transaction_timeout"`
+	QueryTimeout           time.Duration `mapstructure:"query_timeout" yaml:"query_timeout"`
+	ReservePoolSize        int           `mapstructure:"reserve_pool_size" yaml:"reserve_pool_size"`
+	ReservePoolTimeout     time.Duration `mapstructure:"reserve_pool_timeout" yaml:"reserve_pool_timeout"`
+
 	TLS TLSConfig `mapstructure:"tls" yaml:"tls"`
 	Log LogConfig `mapstructure:"log" yaml:"log"`
 }
@@ -82,7 +90,7 @@ var settings = []setting{
 	{"listen", "listen", "127.0.0.1:6432", "address for PostgreSQL clients (host:port)"},
 	{"http_listen", "http-listen", "127.0.0.1:9187", "address for /livez, /readyz and /startupz (host:port)"},
 	{"upstream", "upstream", "", "PostgreSQL URL of the real server (required); without a user, clients' own users and passwords are used"},
-	{"pool_mode", "pool-mode", "session", "how long a client keeps a backend: session or transaction"},
+	{"pool_mode", "pool-mode", "session", "how long a client keeps a backend: session or transaction (a databases URL may override it with ?pool_mode=)"},
 	{"pool_size", "pool-size", 20, "maximum backend connections per (database, user)"},
 	{"min_pool_size", "min-pool-size", 0, "idle backend connections kept open per (database, user) once used"},
 	{"max_client_conn", "max-client-conn", 1000, "maximum concurrent client connections"},
@@ -91,6 +99,13 @@ var settings = []setting{
 	{"auth_file", "auth-file", "", "PgBouncer-style userlist.txt with client users and passwords"},
 	{"client_login_timeout", "client-login-timeout", 60 * time.Second, "time a client has to finish startup and authentication"},
 	{"query_wait_timeout", "query-wait-timeout", 120 * time.Second, "time a client waits for a free backend"},
+	{"pin_on_session_state", "pin-on-session-state", true, "transaction mode: keep a client on its backend after LISTEN, session advisory locks, temp tables, WITH HOLD cursors or SQL PREPARE (false: refuse them with 0A000)"},
+	{"max_prepared_statements", "max-prepared-statements", 200, "transaction mode: prepared statements kept per backend, least recently used closed first (0: no limit)"},
+	{"client_idle_timeout", "client-idle-timeout", time.Duration(0), "transaction mode: close a client idle this long while it holds no backend (0 disables)"},
+	{"idle_transaction_timeout", "idle-transaction-timeout", time.Duration(0), "transaction mode: close a client idle this long inside a transaction, rolling it back (0 disables)"},
+	{"query_timeout", "query-timeout", time.Duration(0), "transaction mode: close a client whose backend has not answered for this long, cancelling the query (0 disables)"},
+	{"reserve_pool_size", "reserve-pool-size", 0, "extra backends per (database, user) for clients that waited longer than reserve_pool_timeout"},
+	{"reserve_pool_timeout", "reserve-pool-timeout", 5 * time.Second, "how long a client waits before it may use the reserve pool"},
 	{"server_connect_timeout", "server-connect-timeout", 15 * time.Second, "time to connect and authenticate to the upstream"},
 	{"server_idle_timeout", "server-idle-timeout", 600 * time.Second, "close backends idle longer than this (0 disables)"},
 	{"server_lifetime", "server-lifetime", 3600 * time.Second, "close backends older than this when next idle (0 disables)"},
@@ -136,6 +151,8 @@ func newFlagSet(opts *cliOptions) *pflag.FlagSet {
 			fs.Int(s.flag, d, usage)
 		case time.Duration:
 			fs.Duration(s.flag, d, usage)
+		case bool:
+			fs.Bool(s.flag, d, usage)
 		default:
 			panic(fmt.Sprintf("setting %s: unsupported default type %T", s.key, s.def))
 		}

@@ -119,6 +119,10 @@ func TestDefaultsWithoutFile(t *testing.T) {
 			"shutdown_grace": cfg.ShutdownGrace, "tls.cert_file": cfg.TLS.CertFile,
 			"tls.key_file": cfg.TLS.KeyFile, "tls.client_mode": cfg.TLS.ClientMode,
 			"log.level": cfg.Log.Level, "log.format": cfg.Log.Format,
+			"pin_on_session_state": cfg.PinOnSessionState, "max_prepared_statements": cfg.MaxPreparedStatements,
+			"client_idle_timeout": cfg.ClientIdleTimeout, "idle_transaction_timeout": cfg.IdleTransactionTimeout,
+			"query_timeout": cfg.QueryTimeout, "reserve_pool_size": cfg.ReservePoolSize,
+			"reserve_pool_timeout": cfg.ReservePoolTimeout,
 		}
 		got, ok := v[s.key]
 		if !ok {
