@@ -16,6 +16,11 @@ type Statements struct {
 	index map[string]*list.Element
 }
 
+// NewStatements returns an empty record holding at most max names (no
+// bound when max <= 0). The pool makes one for every connection; the
+// constructor is exported for tests of its users.
+func NewStatements(max int) *Statements { return newStatements(max) }
+
 func newStatements(max int) *Statements {
 	return &Statements{max: max, order: list.New(), index: make(map[string]*list.Element)}
 }
