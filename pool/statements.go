@@ -14,6 +14,27 @@ type Statements struct {
 	max   int
 	order *list.List // of string, most recently used first
 	index map[string]*list.Element
+	stale map[string]bool // prepared on the server, but unusable there
+	// shapes records a statement's result shape (a hash of its
+	// description) once the holder has seen the server describe it.
+	shapes map[string]uint64
+}
+
+// SetShape records the result shape of name as the server described it.
+func (s *Statements) SetShape(name string, shape uint64) {
+	if _, ok := s.index[name]; !ok {
+		return
+	}
+	if s.shapes == nil {
+		s.shapes = make(map[string]uint64)
+	}
+	s.shapes[name] = shape
+}
+
+// Shape returns the recorded result shape of name, if any.
+func (s *Statements) Shape(name string) (uint64, bool) {
+	v, ok := s.shapes[name]
+	return v, ok
 }
 
 // NewStatements returns an empty record holding at most max names (no
@@ -28,14 +49,32 @@ func newStatements(max int) *Statements {
 // Len is the number of statements recorded.
 func (s *Statements) Len() int { return len(s.index) }
 
-// Has reports whether name is prepared, and marks it recently used.
+// Has reports whether name is prepared and usable, and marks it recently
+// used.
 func (s *Statements) Has(name string) bool {
 	e, ok := s.index[name]
 	if ok {
 		s.order.MoveToFront(e)
 	}
-	return ok
+	return ok && !s.stale[name]
 }
+
+// MarkStale records that name exists on the server but must be closed and
+// prepared again before use (the server refused its cached plan after a
+// schema change). Has reports false for it until it is added again.
+func (s *Statements) MarkStale(name string) {
+	if _, ok := s.index[name]; !ok {
+		return
+	}
+	if s.stale == nil {
+		s.stale = make(map[string]bool)
+	}
+	s.stale[name] = true
+	delete(s.shapes, name)
+}
+
+// Stale reports whether name was marked stale.
+func (s *Statements) Stale(name string) bool { return s.stale[name] }
 
 // Add records name as prepared. When that makes the record exceed its
 // capacity it returns the least recently used name, which the caller must
@@ -44,6 +83,7 @@ func (s *Statements) Has(name string) bool {
 func (s *Statements) Add(name string, protect func(string) bool) (evict string, ok bool) {
 	if e, found := s.index[name]; found {
 		s.order.MoveToFront(e)
+		delete(s.stale, name)
 		return "", false
 	}
 	s.index[name] = s.order.PushFront(name)
@@ -57,6 +97,8 @@ func (s *Statements) Add(name string, protect func(string) bool) (evict string, 
 		}
 		s.order.Remove(e)
 		delete(s.index, n)
+		delete(s.stale, n)
+		delete(s.shapes, n)
 		return n, true
 	}
 	return "", false
@@ -67,6 +109,8 @@ func (s *Statements) Remove(name string) {
 	if e, ok := s.index[name]; ok {
 		s.order.Remove(e)
 		delete(s.index, name)
+		delete(s.stale, name)
+		delete(s.shapes, name)
 	}
 }
 
@@ -74,4 +118,6 @@ func (s *Statements) Remove(name string) {
 func (s *Statements) Clear() {
 	s.order.Init()
 	clear(s.index)
+	clear(s.stale)
+	clear(s.shapes)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"hash/fnv"
 	"strings"
 
 	"github.com/pgsidecar/pgsidecar/sqlinfo"
@@ -26,6 +27,18 @@ type stmtDef struct {
 	server  string // the name on the backends
 	parse   []byte // a complete Parse message under that name
 	effects sqlinfo.Effects
+	// shape is the RowDescription (or empty, for NoData) the client got
+	// when it described the statement; nil when it never did.
+	shape    []byte
+	shapeSum uint64
+	// stale: prepared again, the statement returns another shape than
+	// the client knows. PostgreSQL refuses such a statement at every Bind
+	// ("cached plan must not change result type"), and so does pgsidecar.
+	stale bool
+	// sharedParse: the client's Parse was answered by pgsidecar because
+	// the backend had the statement, so the client never got the server's
+	// own account of it.
+	sharedParse bool
 }
 
 // serverPrefix starts every statement name pgsidecar gives a backend.
@@ -171,4 +184,11 @@ func nextWord(s string) (word, rest string, ok bool) {
 		return "", "", false
 	}
 	return s[:i], s[i:], true
+}
+
+// shapeSum identifies a statement description.
+func shapeSum(desc []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(desc)
+	return h.Sum64()
 }

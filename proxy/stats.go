@@ -19,6 +19,7 @@ type counters struct {
 	parsesShared  atomic.Int64
 	lazyParses    atomic.Int64
 	evictions     atomic.Int64
+	replans       atomic.Int64
 
 	reasonsMu sync.Mutex
 	pins      map[string]int64 // guarded by reasonsMu
@@ -40,6 +41,7 @@ type Stats struct {
 	ParsesShared  int64            // client Parse messages answered because the backend had the statement
 	LazyParses    int64            // statements prepared on a backend before a Bind or Describe needed them
 	Evictions     int64            // statements closed on a backend to respect max_prepared_statements
+	Replans       int64            // batches run again after the server refused a statement's cached plan
 	Pins          map[string]int64 // sessions pinned to their backend, by feature
 	Refusals      map[string]int64 // statements refused because pinning is off, by feature
 }
@@ -58,6 +60,7 @@ func (s *Server) Stats() Stats {
 		ParsesShared:   s.stats.parsesShared.Load(),
 		LazyParses:     s.stats.lazyParses.Load(),
 		Evictions:      s.stats.evictions.Load(),
+		Replans:        s.stats.replans.Load(),
 	}
 	s.stats.reasonsMu.Lock()
 	st.Pins = maps.Clone(s.stats.pins)

@@ -37,6 +37,15 @@ type respEntry struct {
 	clientName string
 	def        *stmtDef
 	server     string
+
+	// capture: the answer is def's result shape, as the client learns it.
+	// check: the answer is the shape of def prepared anew, which must
+	// match what the client knows. retry: the Bind's batch may be run
+	// again if the server refuses the statement's cached plan.
+	capture, check, retry bool
+	// replayAt is where the entry's client message starts in the copy of
+	// a batch kept for a retry; -1 when there is none.
+	replayAt int
 }
 
 // completes reports whether a backend message of type t ends the answer to

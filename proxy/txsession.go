@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -79,16 +80,32 @@ type txRelay struct {
 	completing bool // the current message ends the head entry's answer
 	wantZ      bool
 	zStatus    byte
-	param      []byte
-	inParam    bool
-	seg        int  // start of this chunk's bytes not yet copied or dropped
-	dirty      bool // this chunk's output is being rebuilt in toCl
+	// The bodies of a few messages are collected: ParameterStatus, errors
+	// (held back when pgsidecar may retry the statement), and statement
+	// descriptions that record or check a statement's result shape.
+	body    []byte
+	collect bool
+	holdErr bool
+	seg     int  // start of this chunk's bytes not yet copied or dropped
+	dirty   bool // this chunk's output is being rebuilt in toCl
 
 	// While attached, the backend socket has a read deadline at most
 	// livenessInterval ahead, so a long wait for answers notices a client
 	// that left (and query_timeout).
 	deadline time.Time
 	sentAt   time.Time // when the last batch went out, with query_timeout
+
+	// pending: in holds client messages to process before reading more
+	// (a batch paused for a shape check, or one being retried).
+	pending bool
+	// Retry of a batch whose statement's cached plan the server refused
+	// after a schema change: replay holds the client's messages from that
+	// Bind through its Sync, execSinceSync says whether the batch had
+	// already run something before the Bind (then it cannot be retried).
+	capturing     bool
+	replay        []byte
+	execSinceSync bool
+	retried       bool
 
 	stmts    map[string]*stmtDef // the client's named statements
 	set      settings
@@ -139,7 +156,12 @@ func (c *clientConn) serveTransactions(ctx context.Context) {
 
 func (c *clientConn) initialSettings() settings { return newSettings(c.st.params) }
 
-var errPinned = errors.New("session pinned to its backend")
+var (
+	errPinned = errors.New("session pinned to its backend")
+	// errPause stops processing client messages until the backend has
+	// answered what was sent so far (a shape check).
+	errPause = errors.New("pause for the backend")
+)
 
 // run relays until the client leaves, a fault ends the session, or the
 // session is pinned (errPinned, with the backend attached and idle).
@@ -160,19 +182,27 @@ func (r *txRelay) run(ctx context.Context) error {
 		if r.terminating {
 			return errTerminated
 		}
-		if r.be == nil && r.start == r.end && r.srv.draining.Load() {
-			return errDrain
-		}
-		r.releaseIdle()
-		if err := r.readClient(); err != nil {
-			if errors.Is(err, errRetryRead) {
-				continue
+		if !r.pending {
+			if r.be == nil && r.start == r.end && r.srv.draining.Load() {
+				return errDrain
 			}
-			return err
+			r.releaseIdle()
+			if err := r.readClient(); err != nil {
+				if errors.Is(err, errRetryRead) {
+					continue
+				}
+				return err
+			}
 		}
+		r.pending = false
 		quiet := r.be == nil || r.q.len() == 0
 		if err := r.processClient(ctx); err != nil {
-			return err
+			if !errors.Is(err, errPause) {
+				return err
+			}
+			r.pending = true
+			r.toBE = append(r.toBE, 'H', 0, 0, 0, 4)
+			r.flushed = true
 		}
 		r.emitSynth()
 		if err := r.flushClient(); err != nil {
@@ -363,8 +393,23 @@ func (r *txRelay) processClient(ctx context.Context) error {
 			}
 			break
 		}
+		if !r.capturing && len(r.replay) == 0 && !r.retried && !r.execSinceSync && r.txStatus == 'I' && r.q.len() == 0 &&
+			(typ == 'P' || typ == 'B' || typ == 'D') {
+			// A batch that can be run again from any of its messages, until
+			// it executes something: keep a copy until its Sync's answer.
+			r.capturing = true
+		}
 		if err := r.clientMessage(ctx, typ, p[:l+1]); err != nil {
+			if errors.Is(err, errPause) && r.capturing && len(r.replay) == 0 {
+				r.capturing = false
+			}
 			return err
+		}
+		if r.capturing {
+			r.replay = append(r.replay, p[:l+1]...)
+			if typ == 'S' {
+				r.capturing = false
+			}
 		}
 		r.start += l + 1
 	}
@@ -443,10 +488,12 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		r.unsynced = true
 		if r.be.Statements.Has(def.server) {
 			r.used = append(r.used, def.server)
+			def.sharedParse = true
 			r.push(respEntry{kind: '1', action: actSynth, msg: msgParseComplete, clientName: clientName, def: def})
 			r.srv.stats.parsesShared.Add(1)
 			return nil
 		}
+		r.closeIfStale(def.server)
 		r.addStatement(def.server)
 		r.push(respEntry{kind: 'P', clientName: clientName, def: def, server: def.server})
 		r.toBE = append(r.toBE, def.parse...)
@@ -469,10 +516,30 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			r.forwardExtended('B', msg)
 			return nil
 		}
+		if def.stale {
+			r.synth('E', msgStalePlan)
+			r.clientSkip = true
+			return nil
+		}
+		if !r.ensurePrepared(def) {
+			return errPause
+		}
+		if def.shape != nil {
+			if sum, ok := r.be.Statements.Shape(def.server); ok && sum != def.shapeSum {
+				// Another client prepared the statement anew after a
+				// schema change: this client's is stale.
+				def.stale = true
+				r.synth('E', msgStalePlan)
+				r.clientSkip = true
+				return nil
+			}
+		}
 		r.applyEffects(def.effects)
-		r.ensurePrepared(def)
 		r.toBE = appendRenamed(r.toBE, 'B', body[:len(portal)+1], def.server, rest)
-		r.push(respEntry{kind: 'B'})
+		// Retried only when a changed result shape cannot surprise the
+		// client: it knows the shape (and the new one is checked against
+		// it), or its own Parse never reached a server.
+		r.push(respEntry{kind: 'B', def: def, retry: def.shape != nil || def.sharedParse})
 		r.unsynced = true
 	case 'D':
 		if len(body) < 2 || body[len(body)-1] != 0 {
@@ -490,9 +557,13 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			r.forwardExtended('D', msg)
 			return nil
 		}
-		r.ensurePrepared(def)
+		if !r.ensurePrepared(def) {
+			return errPause
+		}
 		r.toBE = appendRenamed(r.toBE, 'D', []byte{'S'}, def.server, nil)
-		r.push(respEntry{kind: 'D'})
+		// What the client learns here is what its statement returns: the
+		// shape later replays are checked against.
+		r.push(respEntry{kind: 'D', def: def, capture: true, retry: true})
 		r.unsynced = true
 	case 'C':
 		if len(body) < 2 || body[len(body)-1] != 0 {
@@ -514,6 +585,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			return err
 		}
 		r.forwardExtended('E', msg)
+		r.execSinceSync = true
 	case 'S':
 		r.clientSkip = false
 		if r.be == nil {
@@ -522,6 +594,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		}
 		r.push(respEntry{kind: 'S'})
 		r.unsynced = false
+		r.execSinceSync = false
 		r.toBE = append(r.toBE, msg...)
 	case 'H':
 		if r.be != nil {
@@ -592,6 +665,12 @@ func (r *txRelay) push(e respEntry) {
 			r.awaiting++
 		}
 	}
+	e.replayAt = -1
+	if r.capturing && !r.execSinceSync {
+		// Nothing in the batch has run yet: an error here rolls nothing
+		// back that the client was told about.
+		e.replayAt = len(r.replay)
+	}
 	r.q.push(e)
 }
 
@@ -640,16 +719,37 @@ func (r *txRelay) inUse(name string) bool {
 }
 
 // ensurePrepared makes sure the attached backend has def, preparing it
-// first (with its answer swallowed) when it does not.
-func (r *txRelay) ensurePrepared(def *stmtDef) {
+// first (with its answer swallowed) when it does not. When the client knows
+// the statement's result shape, the new statement's shape is checked
+// before anything runs it: ensurePrepared then returns false, and the
+// message that needs def must wait until the backend has answered.
+func (r *txRelay) ensurePrepared(def *stmtDef) bool {
 	if r.be.Statements.Has(def.server) {
 		r.used = append(r.used, def.server)
-		return
+		return true
 	}
+	r.closeIfStale(def.server)
 	r.addStatement(def.server)
 	r.push(respEntry{kind: 'P', action: actSwallow, server: def.server})
 	r.toBE = append(r.toBE, def.parse...)
 	r.srv.stats.lazyParses.Add(1)
+	if def.shape == nil {
+		return true
+	}
+	r.toBE = appendRenamed(r.toBE, 'D', []byte{'S'}, def.server, nil)
+	r.push(respEntry{kind: 'D', action: actSwallow, def: def, check: true})
+	return false
+}
+
+// closeIfStale closes server's old statement on the backend when the
+// server refused its cached plan: it must be prepared again.
+func (r *txRelay) closeIfStale(server string) {
+	if !r.be.Statements.Stale(server) {
+		return
+	}
+	r.be.Statements.Remove(server)
+	r.toBE = appendClose(r.toBE, server)
+	r.push(respEntry{kind: 'C', action: actSwallow})
 }
 
 // applyEffects notes what a statement about to run does to the session.
@@ -727,7 +827,7 @@ func (r *txRelay) attach(ctx context.Context) error {
 // maybeDetach gives the backend back when the session is idle and the
 // backend owes nothing, after recording any settings the transaction left.
 func (r *txRelay) maybeDetach(ctx context.Context) error {
-	if r.be == nil || r.q.len() > 0 || r.unsynced || r.copyIn || r.txStatus != 'I' || r.errSkip || !r.fs.atBoundary() {
+	if r.be == nil || r.pending || r.q.len() > 0 || r.unsynced || r.copyIn || r.txStatus != 'I' || r.errSkip || !r.fs.atBoundary() {
 		return nil
 	}
 	be := r.be
@@ -836,8 +936,8 @@ func (r *txRelay) processBackend(p []byte) error {
 				r.zStatus = p[i]
 				r.wantZ = false
 			}
-			if r.inParam {
-				r.param = append(r.param, p[i:i+k]...)
+			if r.collect {
+				r.body = append(r.body, p[i:i+k]...)
 			}
 			if r.drop {
 				r.cut(p, i)
@@ -904,15 +1004,14 @@ func (r *txRelay) cut(p []byte, i int) {
 // messageStart decides what happens to a backend message of type t.
 func (r *txRelay) messageStart(t byte) error {
 	r.curType = t
-	r.drop, r.completing = false, false
+	r.drop, r.completing, r.holdErr = false, false, false
+	r.collect = false
+	r.body = r.body[:0]
 	switch t {
 	case 'N', 'A':
 		return nil
 	case 'S':
-		if r.fs.remain <= maxParamStatus {
-			r.inParam = true
-			r.param = r.param[:0]
-		}
+		r.collect = r.fs.remain <= maxParamStatus
 		return nil
 	}
 	if r.q.len() == 0 {
@@ -933,14 +1032,31 @@ func (r *txRelay) messageStart(t byte) error {
 	}
 	r.drop = e.action == actSwallow && t != 'E'
 	r.completing = completes(e.kind, t)
+	switch {
+	case t == 'E' && e.retry && r.fs.remain <= maxHeldError:
+		// Held back until it is whole: it may be pgsidecar's to handle.
+		r.collect, r.holdErr, r.drop = true, true, true
+	case (t == 'T' || t == 'n') && (e.capture || e.check) && r.fs.remain <= maxShape:
+		r.collect = true
+	}
 	return nil
 }
 
+const (
+	maxHeldError = 64 << 10
+	maxShape     = 256 << 10
+)
+
+// msgStalePlan is PostgreSQL's answer to a Bind of a statement whose
+// result shape changed since the client prepared it.
+var msgStalePlan = pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: CodeFeatureNotSupported,
+	Message: "cached plan must not change result type", Routine: "RevalidateCachedQuery"})
+
 // messageEnd finishes the current backend message, which ended at i.
 func (r *txRelay) messageEnd(p []byte, i int) {
-	if r.inParam {
-		r.inParam = false
-		if name, rest, ok := cstring(r.param); ok {
+	if r.collect && r.curType == 'S' {
+		r.collect = false
+		if name, rest, ok := cstring(r.body); ok {
 			if value, _, ok := cstring(rest); ok {
 				r.be.NoteParameterStatus(name, value)
 				// The client changed a reported setting: read its settings
@@ -949,7 +1065,6 @@ func (r *txRelay) messageEnd(p []byte, i int) {
 			}
 		}
 	}
-	wasDrop := r.drop
 	r.drop = false
 	if !r.completing {
 		return
@@ -958,27 +1073,99 @@ func (r *txRelay) messageEnd(p []byte, i int) {
 	e := r.q.pop()
 	switch {
 	case r.curType == 'E' && extended(e.kind):
+		refused := r.holdErr && r.planRefused(e)
 		r.undo(&e)
 		// The server now ignores everything up to the next Sync.
 		for r.q.len() > 0 && r.q.front().kind != 'S' {
 			d := r.q.pop()
 			r.undo(&d)
 		}
+		// The batch can run again only if nothing was sent after its Sync
+		// (which would run first otherwise).
+		retry := refused && e.retry && e.replayAt >= 0 && !r.retried && !r.capturing && r.q.len() == 1
+		if r.holdErr && !retry {
+			r.cut(p, i)
+			r.toCl = append(r.toCl, r.fs.hdr[:]...)
+			r.toCl = append(r.toCl, r.body...)
+		}
+		if retry {
+			r.retried = true
+			r.replay = r.replay[e.replayAt:]
+			r.srv.stats.replans.Add(1)
+		}
 		if r.q.len() == 0 {
 			r.errSkip = true
+		} else if retry {
+			// The client sees neither the error nor this ReadyForQuery;
+			// after it the batch runs again on a freshly prepared
+			// statement.
+			r.q.front().action = actSwallow
+			r.q.front().retry = true
 		}
 	case r.curType == 'Z':
 		r.awaiting--
 		r.txStatus = r.zStatus
 		r.copyIn = false
 		r.copyEnds = 0
+		if e.retry && r.retried {
+			r.startReplay()
+		} else {
+			r.capturing = false
+			r.replay = r.replay[:0]
+			r.retried = false
+		}
+	case e.capture && (r.curType == 'T' || r.curType == 'n') && r.collect:
+		e.def.shape = append(make([]byte, 0, len(r.body)), r.body...)
+		e.def.shapeSum = shapeSum(r.body)
+		e.def.stale = false
+		r.be.Statements.SetShape(e.def.server, e.def.shapeSum)
+	case e.check && (r.curType == 'T' || r.curType == 'n'):
+		if r.collect {
+			r.be.Statements.SetShape(e.def.server, shapeSum(r.body))
+		}
+		if !r.collect || !bytes.Equal(r.body, e.def.shape) {
+			// The statement means something else now: as on
+			// PostgreSQL, the client's statement is refused from here on.
+			e.def.stale = true
+		}
 	}
+	r.collect, r.holdErr = false, false
 	if r.q.len() == 0 {
 		r.used = r.used[:0]
 		r.flushed = false
 	}
-	_ = wasDrop
 	r.emitSynthAt(p, i)
+}
+
+// planRefused reports whether a held error answering entry e is the server
+// refusing the cached plan of a statement prepared before a schema change
+// ("cached plan must not change result type"). The backend's statement is
+// then marked stale: whoever uses it next prepares it again, and its shape
+// is checked against what that client knows. The batch itself is run again
+// once when that is safe, so a client whose view already matches never
+// sees the error.
+func (r *txRelay) planRefused(e respEntry) bool {
+	var m pgproto3.ErrorResponse
+	if (e.kind != 'B' && e.kind != 'D') || e.def == nil || m.Decode(r.body) != nil {
+		return false
+	}
+	if m.Code != CodeFeatureNotSupported || m.Routine != "RevalidateCachedQuery" {
+		return false
+	}
+	r.be.Statements.MarkStale(e.def.server)
+	return true
+}
+
+// startReplay puts the captured batch back in front of the client's
+// unprocessed bytes, to be processed again.
+func (r *txRelay) startReplay() {
+	rest := r.in[r.start:r.end]
+	in := make([]byte, 0, max(len(r.replay)+len(rest), forwardBufferSize))
+	in = append(append(in, r.replay...), rest...)
+	r.giveIn()
+	r.in, r.start, r.end = in[:cap(in)], 0, len(in)
+	r.replay = r.replay[:0]
+	r.pending = true
 }
 
 // emitSynthAt writes, at position i of the chunk, the answers pgsidecar
