@@ -59,8 +59,9 @@ tidy-check:
 		echo "go mod tidy would change go.mod/go.sum (diff above): run go mod tidy"; exit 1; \
 	fi
 
-test-race: ## all tests with the race detector, starting real PostgreSQL and Redis
+test-race: ## all tests with the race detector, then the integration suite again in transaction mode
 	$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) ./...
+	PGSIDECAR_TEST_POOL_MODE=transaction $(GO) test -race -count=1 -timeout $(TESTTIMEOUT) ./test/integration/
 
 test-short: ## tests that need no servers
 	$(GO) test -short ./...

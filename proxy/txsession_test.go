@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -20,7 +21,10 @@ type recordConn struct {
 	out bytes.Buffer
 }
 
-func (c *recordConn) Write(p []byte) (int, error) { return c.out.Write(p) }
+func (c *recordConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
+func (c *recordConn) SetDeadline(time.Time) error      { return nil }
+func (c *recordConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *recordConn) SetWriteDeadline(time.Time) error { return nil }
 
 // testRelay is a transaction-mode relay with an attached backend whose
 // answers the test plays by hand: clientSends runs the client side, and
@@ -341,4 +345,39 @@ func BenchmarkTxRelayRows(b *testing.B) {
 		}
 		tr.client.out.Reset()
 	}
+}
+
+// FuzzTxRelay: whatever a client sends and a backend answers, the relay
+// neither panics nor loses count of what the backend owes.
+func FuzzTxRelay(f *testing.F) {
+	var seedC, seedB []byte
+	for _, m := range []pgproto3.FrontendMessage{&pgproto3.Parse{Name: "a", Query: "select $1"}, &pgproto3.Bind{PreparedStatement: "a"},
+		&pgproto3.Describe{ObjectType: 'S', Name: "a"}, &pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'S', Name: "a"},
+		&pgproto3.Sync{}, &pgproto3.Query{String: "set search_path = x; listen y"}, &pgproto3.Terminate{}} {
+		seedC, _ = m.Encode(seedC)
+	}
+	for _, m := range []pgproto3.BackendMessage{parseComplete, bindComplete, paramDesc, rowDesc, rowOne, selectOne, rfqIdle,
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "0A000", Routine: "RevalidateCachedQuery"}, rfqIdle} {
+		seedB, _ = m.Encode(seedB)
+	}
+	f.Add(seedC, seedB, uint8(3))
+	f.Fuzz(func(t *testing.T, client, backend []byte, chunk uint8) {
+		tr := newTestRelay(t, newTestBackend(2))
+		r := tr.r
+		r.in, r.start, r.end = client, 0, len(client)
+		if err := r.processClient(context.Background()); err != nil {
+			return
+		}
+		n := int(chunk) + 1
+		for len(backend) > 0 {
+			k := min(n, len(backend))
+			if err := r.processBackend(backend[:k]); err != nil {
+				return
+			}
+			backend = backend[k:]
+			if r.awaiting < 0 || r.awaiting > r.q.len() {
+				t.Fatalf("awaiting %d with %d entries queued", r.awaiting, r.q.len())
+			}
+		}
+	})
 }
