@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// report is everything a run measured, printed as tables.
+type report struct {
+	Started   time.Time   `json:"started"`
+	Duration  string      `json:"duration_per_run"`
+	Scale     int         `json:"scale"`
+	Threads   int         `json:"pgbench_threads"`
+	Cores     int         `json:"cores"`
+	PoolMode  string      `json:"pool_mode"`
+	PoolSize  int         `json:"pool_size"`
+	PgBouncer string      `json:"pgbouncer_version,omitempty"`
+	Runs      []rowResult `json:"runs"`
+}
+
+// rowResult is one (mode, clients) row: a run per target (by lane name).
+type rowResult struct {
+	Mode    string                `json:"mode"`
+	Clients int                   `json:"clients"`
+	Targets map[string]*runResult `json:"targets"`
+	Notes   []string              `json:"notes,omitempty"`
+}
+
+func (rep *report) setup(o options, p runPlan) {
+	rep.Started = time.Now().UTC()
+	rep.Duration = o.duration.String()
+	rep.Scale, rep.Threads, rep.Cores = o.scale, o.threads, numCPU()
+	rep.PoolMode, rep.PoolSize = o.poolMode, o.proxyPoolSize(o.poolMode)
+	if !p.pgbouncer.isZero() {
+		rep.PgBouncer = p.pgbouncer.String()
+	}
+}
+
+// ok is r when it has figures, else nil.
+func ok(r *runResult) *runResult {
+	if r == nil || r.NA != "" {
+		return nil
+	}
+	return r
+}
+
+// ratio is a's TPS over b's, or "-" when either has no figures.
+func ratio(a, b *runResult) string {
+	if ok(a) == nil || ok(b) == nil || b.TPS == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a.TPS/b.TPS)
+}
+
+// printRuns writes the pgbench table: one row per (mode, clients), the
+// three targets side by side, then the ratios and notes.
+func (rep *report) printRuns(w io.Writer) error {
+	pb := "PgBouncer not installed"
+	if rep.PgBouncer != "" {
+		pb = "PgBouncer " + rep.PgBouncer
+	}
+	fmt.Fprintf(w, "pgbench -S (select-only), %s per run, scale %d, -j %d; pgsidecar and PgBouncer in %s mode, pool size %d; %s; %d cores\n",
+		rep.Duration, rep.Scale, rep.Threads, rep.PoolMode, rep.PoolSize, pb, rep.Cores)
+	fmt.Fprintln(w, "TPS; p99 latency in ms; proxy CPU (user+system) in µs per transaction; connect = -M simple -C (a new connection per transaction)")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "\t\tpostgres\t\tpgsidecar\t\t\tpgbouncer\t\t\tpgsidecar vs\t\t")
+	fmt.Fprintln(tw, "mode\tclients\tTPS\tp99\tTPS\tp99\tCPU/txn\tTPS\tp99\tCPU/txn\tpgbouncer\tpostgres\t  notes")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(tw, "%s\t%d\t", r.Mode, r.Clients)
+		for _, lane := range lanes {
+			res := ok(r.Targets[lane])
+			if res == nil {
+				fmt.Fprint(tw, "n/a\t-\t")
+			} else {
+				fmt.Fprintf(tw, "%.0f\t%.2f\t", res.TPS, res.P99Ms)
+			}
+			if lane == lanePostgres {
+				continue
+			}
+			if res == nil {
+				fmt.Fprint(tw, "-\t")
+			} else {
+				fmt.Fprintf(tw, "%.1f\t", res.CPUUsPerTxn)
+			}
+		}
+		sc := r.Targets[lanePgSidecar]
+		fmt.Fprintf(tw, "%s\t%s\t  %s\n", ratio(sc, r.Targets[lanePgBouncer]), ratio(sc, r.Targets[lanePostgres]), strings.Join(r.Notes, "; "))
+	}
+	return tw.Flush()
+}
