@@ -272,7 +272,7 @@ type runPlan struct {
 // Rough costs on the 2-core development machine, for the printed estimate.
 const (
 	setupCost      = 20 * time.Second // initdb, pgbench -i at scale 10, proxies
-	perRunOverhead = 2 * time.Second  // pgbench connection phase, log parsing
+	perRunOverhead = 3 * time.Second  // warm-up, connection phase, log parsing
 )
 
 func newPlan(o options, pb version) runPlan {

@@ -24,9 +24,13 @@ type runResult struct {
 	NA          string  `json:"na,omitempty"`                   // why there are no figures
 }
 
-// pgbenchGrace is how long a pgbench run may overrun its -T (connection
-// phase, clients finishing) before it is killed and reported n/a.
-const pgbenchGrace = time.Minute
+const (
+	// warmup is the unmeasured pgbench run before each measured one.
+	warmup = time.Second
+	// pgbenchGrace is how long a pgbench run may overrun its -T (connection
+	// phase, clients finishing) before it is killed and reported n/a.
+	pgbenchGrace = time.Minute
+)
 
 var (
 	tpsRE   = regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial|including reconnection)`)
@@ -40,9 +44,27 @@ func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoi
 	res := runResult{Target: ep.label()}
 	prefix := filepath.Join(dir, fmt.Sprintf("log-%s-%s-%s-%d", ep.name, ep.poolMode, mode, clients))
 	defer removeLogs(prefix)
-	ctx, cancel := context.WithTimeout(ctx, o.duration+pgbenchGrace)
+	ctx, cancel := context.WithTimeout(ctx, warmup+o.duration+2*pgbenchGrace)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, mode, clients, o.duration, prefix)...)
+	// Unmeasured first: pools open their backends lazily, and the logins
+	// would otherwise eat into the measured window.
+	if ep.poolMode == sessionMode {
+		if err := fillPool(ctx, ep.port, clients); err != nil {
+			res.NA = "filling the pool: " + err.Error()
+			return res
+		}
+	}
+	cmd := exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, mode, clients, warmup, "")...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		res.NA = "warm-up failed: " + errorLine(out)
+		if ctx.Err() != nil {
+			res.NA = "warm-up: pgbench killed, run too long"
+		}
+		return res
+	}
+
+	cmd = exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, mode, clients, o.duration, prefix)...)
 	cmd.Env = env
 	cpu0 := cpuTime(ep.pid)
 	out, err := cmd.CombinedOutput()
@@ -81,6 +103,25 @@ func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoi
 		res.CPUUsPerTxn = float64((cpu1 - cpu0).Nanoseconds()) / 1e3 / float64(res.Txns)
 	}
 	return res
+}
+
+// fillPool makes a session-mode proxy open n backends: n clients at once,
+// each holding the backend its query got until all are closed. (PgBouncer
+// opens one server at a time, about 13 ms each with SCRAM on the 2-core
+// machine, so a short pgbench warm-up leaves most of a 256-backend pool for
+// the measured run to open.)
+func fillPool(ctx context.Context, port, n int) error {
+	conns, err := openIdle(ctx, port, n)
+	defer closeAll(conns)
+	if err != nil {
+		return err
+	}
+	for _, c := range conns {
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // pgbenchArgs are the arguments of a select-only run through ep for d;
