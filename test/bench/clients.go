@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Clients the bench logs in itself, with pgconn, to fill a session-mode pool
-// before a run.
+// Clients the bench logs in itself, with pgconn: to fill a session-mode
+// pool before a run, and to hold idle clients for the memory probe.
 const (
 	loginConcurrency = 64               // logins in flight at once
 	loginTimeout     = 10 * time.Second // one login

@@ -1,9 +1,13 @@
 // Command bench measures pgsidecar against PostgreSQL directly and against
-// PgBouncer, in one run, on one throwaway PostgreSQL server: pgbench
-// select-only (-S) workloads with -M simple, extended and prepared at each
-// -clients count, and with -C (a new connection per transaction) at each
-// -connect-clients count, through each target side by side, reported as
-// TPS, p99 latency, proxy CPU time per transaction and ratios.
+// PgBouncer, in one run, on one throwaway PostgreSQL server:
+//
+//   - pgbench select-only (-S) workloads with -M simple, extended and
+//     prepared at each -clients count, and with -C (a new connection per
+//     transaction) at each -connect-clients count, through each target side
+//     by side, reported as TPS, p99 latency, proxy CPU time per transaction
+//     and ratios;
+//   - a memory probe: -mem-clients idle client connections held open on each
+//     proxy, reported as resident memory per idle client.
 //
 // Both proxies run in -pool-mode (transaction by default) with the same pool
 // size. A pgsidecar that refuses the pool mode is reported as n/a and the
@@ -53,6 +57,7 @@ type options struct {
 	poolSize       int
 	scale          int
 	threads        int
+	memClients     int
 }
 
 func main() {
@@ -68,6 +73,7 @@ func main() {
 	flag.IntVar(&o.poolSize, "pool-size", 20, "backend pool size for pgsidecar and PgBouncer (in session mode, raised to the client count)")
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale")
 	flag.IntVar(&o.threads, "threads", 2, "pgbench -j")
+	flag.IntVar(&o.memClients, "mem-clients", 5000, "idle clients held open on each proxy by the memory probe (0 skips the probe)")
 	flag.Parse()
 
 	var errs []error
@@ -118,8 +124,8 @@ func (o *options) validate() error {
 	if o.duration < time.Second {
 		errs = append(errs, fmt.Errorf("-duration must be at least 1s, got %s", o.duration))
 	}
-	if o.poolSize <= 0 || o.scale <= 0 || o.threads <= 0 {
-		errs = append(errs, errors.New("-pool-size, -scale and -threads must be positive"))
+	if o.poolSize <= 0 || o.scale <= 0 || o.threads <= 0 || o.memClients < 0 {
+		errs = append(errs, errors.New("-pool-size, -scale and -threads must be positive, -mem-clients not negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -181,9 +187,10 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	// 256 clients are 256 descriptors in pgbench, in the proxy, and as many
-	// backends again; the children inherit the limit set here.
-	nofile, err := raiseNoFile(uint64(8*o.maxClients() + 1024))
+	// Every client and backend socket of the memory probe is a descriptor
+	// here (client ends, and the fake upstream's ends) and in the proxy; the
+	// children inherit the limit set here.
+	nofile, err := raiseNoFile(uint64(2*o.memClients + 8*o.maxClients() + 1024))
 	if err != nil {
 		return err
 	}
@@ -256,6 +263,15 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
+	if o.memClients > 0 {
+		fmt.Println()
+		rep.Memory = memoryProbe(ctx, o, plan, tmp)
+		fmt.Println()
+		if err := rep.printMemory(os.Stdout, o); err != nil {
+			return err
+		}
+	}
+
 	fmt.Printf("\ntotal time %s (planned about %s)\n", time.Since(began).Round(time.Second), plan.total.Round(time.Second))
 	return nil
 }
@@ -273,6 +289,7 @@ type runPlan struct {
 const (
 	setupCost      = 20 * time.Second // initdb, pgbench -i at scale 10, proxies
 	perRunOverhead = 3 * time.Second  // warm-up, connection phase, log parsing
+	perProbeCost   = 15 * time.Second // 5,000 logins, two settle waits, closing
 )
 
 func newPlan(o options, pb version) runPlan {
@@ -283,6 +300,9 @@ func newPlan(o options, pb version) runPlan {
 	}
 	p.runs = len(o.rows()) * targets
 	p.total = setupCost + time.Duration(p.runs)*(o.duration+perRunOverhead)
+	if o.memClients > 0 {
+		p.total += time.Duration(targets-1) * perProbeCost * time.Duration(max(1, o.memClients/5000))
+	}
 	// PostgreSQL directly takes the largest client count; each proxy keeps
 	// up to its pool of backends open (idle ones too) for the whole run;
 	// plus superuser_reserved_connections and slack.
@@ -317,8 +337,12 @@ func (p runPlan) print(nofile uint64) {
 		fmt.Printf("plan: PgBouncer %s lacks max_prepared_statements (1.21+): its -M prepared rows run on a second PgBouncer in session mode, pool size %d\n",
 			p.pgbouncer, o.proxyPoolSize(sessionMode))
 	}
-	fmt.Printf("plan: %d pgbench runs x %s = %s, plus setup: about %s in all\n\n",
-		p.runs, o.duration, time.Duration(p.runs)*o.duration, p.total.Round(time.Second))
+	probe := "no memory probe"
+	if o.memClients > 0 {
+		probe = fmt.Sprintf("memory probe with %d idle clients per proxy", o.memClients)
+	}
+	fmt.Printf("plan: %d pgbench runs x %s = %s, plus setup and %s: about %s in all\n\n",
+		p.runs, o.duration, time.Duration(p.runs)*o.duration, probe, p.total.Round(time.Second))
 }
 
 func joinInts(ns []int) string {

@@ -19,6 +19,7 @@ type report struct {
 	PoolSize  int         `json:"pool_size"`
 	PgBouncer string      `json:"pgbouncer_version,omitempty"`
 	Runs      []rowResult `json:"runs"`
+	Memory    []memResult `json:"memory,omitempty"`
 }
 
 // rowResult is one (mode, clients) row: a run per target (by lane name).
@@ -91,4 +92,40 @@ func (rep *report) printRuns(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t  %s\n", ratio(sc, r.Targets[lanePgBouncer]), ratio(sc, r.Targets[lanePostgres]), strings.Join(r.Notes, "; "))
 	}
 	return tw.Flush()
+}
+
+// printMemory writes the memory probe table.
+func (rep *report) printMemory(w io.Writer, o options) error {
+	fmt.Fprintf(w, "memory probe: %d idle clients per proxy (logged in, then idle after ReadyForQuery), each proxy a fresh process in %s mode in front of a fake upstream\n",
+		o.memClients, o.poolMode)
+	fmt.Fprintf(w, "KiB; per client = (after - before) / clients; each figure the minimum of %d samples over %s\n\n",
+		settleSamples, settleSamples*settleInterval)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "\t\t\tRSS\t\tper client\t\t\t")
+	fmt.Fprintln(tw, "target\tpool\tclients\tbefore\tafter\tRSS\tPss\tPrivate\t  notes")
+	kib := func(v float64) string {
+		if v < 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
+	for _, m := range rep.Memory {
+		if m.NA != "" {
+			fmt.Fprintf(tw, "%s\t%s %d\t%d\tn/a\t-\t-\t-\t-\t  %s\n", m.Target, m.PoolMode, m.PoolSize, m.Wanted, strings.Join(nonEmpty(m.NA, m.Note), "; "))
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s %d\t%d\t%d\t%d\t%s\t%s\t%s\t  %s\n", m.Target, m.PoolMode, m.PoolSize, m.Opened,
+			m.Before.RSS, m.After.RSS, kib(m.PerClientRSS), kib(m.PerClientPss), kib(m.PerClientPrivate), m.Note)
+	}
+	return tw.Flush()
+}
+
+func nonEmpty(ss ...string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
