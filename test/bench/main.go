@@ -58,6 +58,7 @@ type options struct {
 	scale          int
 	threads        int
 	memClients     int
+	jsonPath       string
 }
 
 func main() {
@@ -74,6 +75,7 @@ func main() {
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale")
 	flag.IntVar(&o.threads, "threads", 2, "pgbench -j")
 	flag.IntVar(&o.memClients, "mem-clients", 5000, "idle clients held open on each proxy by the memory probe (0 skips the probe)")
+	flag.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
 	flag.Parse()
 
 	var errs []error
@@ -272,6 +274,12 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
+	if o.jsonPath != "" {
+		if err := rep.writeJSON(o.jsonPath); err != nil {
+			return err
+		}
+		fmt.Printf("\nresults written to %s\n", o.jsonPath)
+	}
 	fmt.Printf("\ntotal time %s (planned about %s)\n", time.Since(began).Round(time.Second), plan.total.Round(time.Second))
 	return nil
 }

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 )
 
-// report is everything a run measured, printed as tables.
+// report is everything a run measured, printed as tables and optionally
+// written as JSON (-json).
 type report struct {
 	Started   time.Time   `json:"started"`
 	Duration  string      `json:"duration_per_run"`
@@ -128,4 +131,12 @@ func nonEmpty(ss ...string) []string {
 		}
 	}
 	return out
+}
+
+func (rep *report) writeJSON(path string) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
