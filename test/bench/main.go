@@ -1,420 +1,370 @@
 // Command bench measures pgsidecar against PostgreSQL directly and against
-// PgBouncer, in one run, on one throwaway PostgreSQL server: pgbench
-// select-only workloads through each target, side by side, reported as
-// TPS, p99 latency, proxy CPU time per transaction and ratios.
+// PgBouncer, in one run, on one throwaway PostgreSQL server:
 //
-// It starts every server it talks to on 127.0.0.1 and stops them when done;
-// each pgbench run is bounded by -duration.
+//   - pgbench select-only (-S) workloads with -M simple, extended and
+//     prepared at each -clients count, and with -C (a new connection per
+//     transaction) at each -connect-clients count, through each target side
+//     by side, reported as TPS, p99 latency, proxy CPU time per transaction
+//     and ratios;
+//   - a memory probe: -mem-clients idle client connections held open on each
+//     proxy, reported as resident memory per idle client.
+//
+// Both proxies run in -pool-mode (transaction by default) with the same pool
+// size. A pgsidecar that refuses the pool mode is reported as n/a and the
+// run goes on; so is any single pgbench run that fails. PgBouncer before
+// 1.21 cannot run -M prepared in transaction mode, so its prepared rows run
+// against a second PgBouncer in session mode, labelled as such.
+//
+// The command starts every server it talks to on 127.0.0.1 and stops them
+// when done; each pgbench run is bounded by -duration (plus a kill timeout),
+// and the planned total is printed before the first run.
 //
 //	go run ./test/bench -sidecar bin/pgsidecar
 package main
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"os/user"
-	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/testenv"
 )
 
+// Pool modes, as both proxies spell them.
+const (
+	sessionMode     = "session"
+	transactionMode = "transaction"
+)
+
+// The bench's database, owned by its role.
+const benchUser, benchPassword, benchDB = "bench", "bench-password", "bench"
+
 type options struct {
-	sidecar   string
-	pgbouncer string
-	duration  time.Duration
-	clients   string
-	modes     string
-	poolSize  int
-	scale     int
-	threads   int
+	sidecar        string
+	pgbouncer      string
+	duration       time.Duration
+	clients        []int
+	connectClients []int
+	modes          []string
+	poolMode       string
+	poolSize       int
+	scale          int
+	threads        int
+	memClients     int
+	jsonPath       string
 }
 
 func main() {
 	var o options
+	var clients, connectClients, modes string
 	flag.StringVar(&o.sidecar, "sidecar", "bin/pgsidecar", "pgsidecar binary")
 	flag.StringVar(&o.pgbouncer, "pgbouncer", "", "pgbouncer binary (default: from PATH or /usr/sbin; skipped when absent)")
-	flag.DurationVar(&o.duration, "duration", 15*time.Second, "length of each pgbench run")
-	flag.StringVar(&o.clients, "clients", "16", "comma-separated pgbench client counts")
-	flag.StringVar(&o.modes, "modes", "simple,extended,prepared,connect", "comma-separated pgbench -M modes; connect is -M simple -C (a new connection per transaction)")
-	flag.IntVar(&o.poolSize, "pool-size", 20, "backend pool size for pgsidecar and PgBouncer")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (whole seconds)")
+	flag.StringVar(&clients, "clients", "32,256", "comma-separated pgbench client counts for the simple, extended and prepared modes")
+	flag.StringVar(&connectClients, "connect-clients", "32", "comma-separated pgbench client counts for the connect mode")
+	flag.StringVar(&modes, "modes", "simple,extended,prepared,connect", "comma-separated pgbench -M modes; connect is -M simple -C (a new connection per transaction)")
+	flag.StringVar(&o.poolMode, "pool-mode", transactionMode, "pool mode of both proxies: transaction or session")
+	flag.IntVar(&o.poolSize, "pool-size", 20, "backend pool size for pgsidecar and PgBouncer (in session mode, raised to the client count)")
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale")
 	flag.IntVar(&o.threads, "threads", 2, "pgbench -j")
+	flag.IntVar(&o.memClients, "mem-clients", 5000, "idle clients held open on each proxy by the memory probe (0 skips the probe)")
+	flag.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
 	flag.Parse()
+
+	var errs []error
+	var err error
+	if o.clients, err = parseCounts(clients); err != nil {
+		errs = append(errs, fmt.Errorf("-clients: %w", err))
+	}
+	if o.connectClients, err = parseCounts(connectClients); err != nil {
+		errs = append(errs, fmt.Errorf("-connect-clients: %w", err))
+	}
+	o.modes = strings.Split(modes, ",")
+	if err := o.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-// target is one way to reach the database.
-type target struct {
-	name string
-	port int
-	pid  int // proxy process, for CPU accounting; 0 for PostgreSQL itself
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad client count %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
-type result struct {
-	tps       float64
-	p99       time.Duration
-	txns      int64
-	cpuPerTxn time.Duration // proxy user+system CPU per transaction
+// validate reports every problem at once.
+func (o *options) validate() error {
+	var errs []error
+	for _, m := range o.modes {
+		if !slices.Contains([]string{"simple", "extended", "prepared", "connect"}, m) {
+			errs = append(errs, fmt.Errorf("-modes: unknown mode %q (simple, extended, prepared or connect)", m))
+		}
+	}
+	if o.poolMode != sessionMode && o.poolMode != transactionMode {
+		errs = append(errs, fmt.Errorf("-pool-mode must be session or transaction, got %q", o.poolMode))
+	}
+	if o.duration < time.Second {
+		errs = append(errs, fmt.Errorf("-duration must be at least 1s, got %s", o.duration))
+	}
+	if o.poolSize <= 0 || o.scale <= 0 || o.threads <= 0 || o.memClients < 0 {
+		errs = append(errs, errors.New("-pool-size, -scale and -threads must be positive, -mem-clients not negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// rowSpec is one line of the results table: a pgbench mode at a client
+// count, run against every target.
+type rowSpec struct {
+	mode    string
+	clients int
+}
+
+func (o *options) rows() []rowSpec {
+	var rows []rowSpec
+	for _, m := range o.modes {
+		counts := o.clients
+		if m == "connect" {
+			counts = o.connectClients
+		}
+		for _, c := range counts {
+			rows = append(rows, rowSpec{mode: m, clients: c})
+		}
+	}
+	return rows
+}
+
+// maxClients is the largest pgbench client count of the run.
+func (o *options) maxClients() int {
+	return max(slices.Max(o.clients), slices.Max(o.connectClients))
+}
+
+// proxyPoolSize is the pool size of a proxy in mode for the pgbench runs. In
+// session mode every client holds its backend for its whole session, so a
+// pool smaller than the client count starves the extra clients for the
+// whole run (and pgsidecar, which binds at login, stalls pgbench's
+// connection phase): session-mode pools are raised to the largest client
+// count.
+func (o *options) proxyPoolSize(mode string) int {
+	if mode == sessionMode {
+		return max(o.poolSize, o.maxClients())
+	}
+	return o.poolSize
 }
 
 func run(ctx context.Context, o options) error {
-	for _, tool := range []string{"pgbench", o.sidecar} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found: %w", tool, err)
-		}
+	began := time.Now()
+	if _, err := exec.LookPath("pgbench"); err != nil {
+		return fmt.Errorf("pgbench not found (make deps): %w", err)
+	}
+	if _, err := exec.LookPath(o.sidecar); err != nil {
+		return fmt.Errorf("pgsidecar binary %s not found (make build): %w", o.sidecar, err)
 	}
 	if o.pgbouncer == "" {
 		o.pgbouncer = findPgBouncer()
 	}
+	var pbVersion version
+	if o.pgbouncer != "" {
+		var err error
+		if pbVersion, err = pgbouncerVersion(o.pgbouncer); err != nil {
+			return err
+		}
+	}
+	// Every client and backend socket of the memory probe is a descriptor
+	// here (client ends, and the fake upstream's ends) and in the proxy; the
+	// children inherit the limit set here.
+	nofile, err := raiseNoFile(uint64(2*o.memClients + 8*o.maxClients() + 1024))
+	if err != nil {
+		return err
+	}
+
+	plan := newPlan(o, pbVersion)
+	plan.print(nofile)
+
 	tmp, err := os.MkdirTemp("", "pgsidecar-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	os.Chmod(tmp, 0o777)
+	os.Chmod(tmp, 0o777) // PgBouncer runs as postgres and writes its log here
 
-	fmt.Println("starting PostgreSQL ...")
-	pg, err := testenv.StartPostgres(ctx, testenv.PostgresOptions{MaxConnections: 300})
+	fmt.Printf("starting PostgreSQL (max_connections %d) ...\n", plan.maxConnections)
+	pg, err := testenv.StartPostgres(ctx, testenv.PostgresOptions{MaxConnections: plan.maxConnections})
 	if err != nil {
 		return err
 	}
 	defer pg.Stop()
-	const user, password, db = "bench", "bench-password", "bench"
-	if err := pg.CreateRole(ctx, user, password); err != nil {
+	if err := pg.CreateRole(ctx, benchUser, benchPassword); err != nil {
 		return err
 	}
-	if err := pg.Exec(ctx, "CREATE DATABASE bench OWNER bench"); err != nil {
+	if err := pg.Exec(ctx, "CREATE DATABASE "+benchDB+" OWNER "+benchUser); err != nil {
 		return err
 	}
-	env := append(os.Environ(), "PGPASSWORD="+password)
+	env := append(os.Environ(), "PGPASSWORD="+benchPassword)
 	fmt.Printf("pgbench -i -s %d ...\n", o.scale)
-	if out, err := command(env, "pgbench", "-i", "-q", "-s", strconv.Itoa(o.scale), "-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", user, db).CombinedOutput(); err != nil {
+	if out, err := command(env, "pgbench", "-i", "-q", "-s", strconv.Itoa(o.scale), "-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", benchUser, benchDB).CombinedOutput(); err != nil {
 		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
 	}
+	up := upstream{host: pg.Host, port: pg.Port}
 
-	targets := []target{{name: "postgres", port: pg.Port}}
-	upstream := pg.URL(user, password, db)
-
-	sc, err := startSidecar(ctx, o, upstream)
+	targets, err := startTargets(ctx, o, plan, tmp, up)
+	defer targets.stop()
 	if err != nil {
 		return err
 	}
-	defer stop(sc.cmd)
-	targets = append(targets, target{name: "pgsidecar", port: sc.port, pid: sc.pid})
 
-	if o.pgbouncer != "" {
-		pb, err := startPgBouncer(ctx, o, tmp, pg, user, password, db)
-		if err != nil {
-			return err
-		}
-		defer stop(pb.cmd)
-		targets = append(targets, target{name: "pgbouncer", port: pb.port, pid: pb.pid})
-	} else {
-		fmt.Println("pgbouncer not installed: comparing with PostgreSQL only")
-	}
-
-	type row struct {
-		mode    string
-		clients int
-		res     map[string]result
-	}
-	var rows []row
-	for _, mode := range strings.Split(o.modes, ",") {
-		for _, cs := range strings.Split(o.clients, ",") {
-			clients, err := strconv.Atoi(cs)
-			if err != nil {
-				return fmt.Errorf("bad -clients %q", cs)
+	var rep report
+	rep.setup(o, plan)
+	for _, r := range o.rows() {
+		res := rowResult{Mode: r.mode, Clients: r.clients, Targets: map[string]*runResult{}}
+		for _, lane := range lanes {
+			ep := targets.endpoint(lane, r.mode)
+			if ep.note != "" {
+				res.Notes = append(res.Notes, ep.note)
 			}
-			r := row{mode: mode, clients: clients, res: map[string]result{}}
-			for _, t := range targets {
-				fmt.Printf("pgbench -S -M %s -c %d -T %s via %s ...\n", mode, clients, o.duration, t.name)
-				res, err := pgbench(env, o, tmp, t, user, db, mode, clients)
-				if err != nil {
-					return fmt.Errorf("%s via %s: %w", mode, t.name, err)
+			if ep.na != "" {
+				res.Targets[lane] = &runResult{Target: ep.label(), NA: ep.na}
+				if lane == lanePgSidecar {
+					res.Notes = append(res.Notes, "pgsidecar n/a ("+ep.na+")")
 				}
-				r.res[t.name] = res
-			}
-			rows = append(rows, r)
-		}
-	}
-
-	fmt.Printf("\npgbench -S (select-only), %s per run, pool size %d, pgsidecar and PgBouncer in session mode, %d cores\n\n", o.duration, o.poolSize, numCPU())
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "mode\tclients\ttarget\tTPS\tp99 ms\tproxy CPU µs/txn\tvs postgres\tvs pgbouncer\t")
-	for _, r := range rows {
-		for _, t := range targets {
-			res := r.res[t.name]
-			cpu := "-"
-			if t.pid != 0 {
-				cpu = fmt.Sprintf("%.1f", float64(res.cpuPerTxn.Nanoseconds())/1e3)
-			}
-			vsPG := fmt.Sprintf("%.2fx", res.tps/r.res["postgres"].tps)
-			vsPB := "-"
-			if pb, ok := r.res["pgbouncer"]; ok && t.name != "pgbouncer" && t.name != "postgres" {
-				vsPB = fmt.Sprintf("%.2fx", res.tps/pb.tps)
-			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%.0f\t%.2f\t%s\t%s\t%s\t\n", r.mode, r.clients, t.name, res.tps,
-				float64(res.p99.Microseconds())/1e3, cpu, vsPG, vsPB)
-		}
-	}
-	return w.Flush()
-}
-
-type proc struct {
-	cmd  *exec.Cmd
-	port int
-	pid  int // the proxy process itself, for CPU accounting
-}
-
-func startSidecar(ctx context.Context, o options, upstream string) (*proc, error) {
-	port, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	httpPort, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(o.sidecar,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"--http-listen", fmt.Sprintf("127.0.0.1:%d", httpPort),
-		"--upstream", upstream,
-		"--pool-mode", "session",
-		"--pool-size", strconv.Itoa(o.poolSize),
-		"--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", httpPort)
-	if err := waitFor(ctx, func() bool {
-		resp, err := http.Get(ready)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}); err != nil {
-		stop(cmd)
-		return nil, fmt.Errorf("pgsidecar did not become ready: %w", err)
-	}
-	return &proc{cmd: cmd, port: port, pid: cmd.Process.Pid}, nil
-}
-
-func startPgBouncer(ctx context.Context, o options, dir string, pg *testenv.Postgres, dbUser, password, db string) (*proc, error) {
-	port, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	users := filepath.Join(dir, "userlist.txt")
-	ini := filepath.Join(dir, "pgbouncer.ini")
-	if err := os.WriteFile(users, []byte(fmt.Sprintf("%q %q\n", dbUser, password)), 0o644); err != nil {
-		return nil, err
-	}
-	conf := fmt.Sprintf(`[databases]
-%s = host=%s port=%d dbname=%s user=%s password=%s
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %d
-unix_socket_dir =
-auth_type = trust
-auth_file = %s
-pool_mode = session
-default_pool_size = %d
-max_client_conn = 10000
-server_reset_query = DISCARD ALL
-logfile = %s
-`, db, pg.Host, pg.Port, db, dbUser, password, port, users, o.poolSize, filepath.Join(dir, "pgbouncer.log"))
-	if err := os.WriteFile(ini, []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(o.pgbouncer, "-q", ini) // it logs to logfile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if os.Geteuid() == 0 {
-		// PgBouncer refuses to run as root: run it as the postgres user,
-		// which also owns the temporary directory's files it reads.
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("pgbouncer cannot run as root and there is no postgres user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := waitFor(ctx, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}); err != nil {
-		stop(cmd)
-		return nil, fmt.Errorf("pgbouncer did not start: %w", err)
-	}
-	return &proc{cmd: cmd, port: port, pid: cmd.Process.Pid}, nil
-}
-
-func pgbench(env []string, o options, dir string, t target, user, db, mode string, clients int) (result, error) {
-	prefix := filepath.Join(dir, fmt.Sprintf("log-%s-%s-%d", t.name, mode, clients))
-	proto := []string{"-M", mode}
-	if mode == "connect" {
-		proto = []string{"-M", "simple", "-C"}
-	}
-	args := append([]string{"-n", "-S"}, proto...)
-	args = append(args, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(o.threads, clients)),
-		"-T", strconv.Itoa(int(o.duration.Seconds())), "-l", "--log-prefix", prefix,
-		"-h", "127.0.0.1", "-p", strconv.Itoa(t.port), "-U", user, db)
-	cpu0 := cpuTime(t.pid)
-	out, err := command(env, "pgbench", args...).CombinedOutput()
-	cpu1 := cpuTime(t.pid)
-	if err != nil {
-		return result{}, fmt.Errorf("pgbench: %v\n%s", err, out)
-	}
-	var res result
-	if m := regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial|including reconnection)`).FindSubmatch(out); m != nil {
-		res.tps, _ = strconv.ParseFloat(string(m[1]), 64)
-	} else {
-		return res, fmt.Errorf("no tps in pgbench output:\n%s", out)
-	}
-	if m := regexp.MustCompile(`number of transactions actually processed: (\d+)`).FindSubmatch(out); m != nil {
-		res.txns, _ = strconv.ParseInt(string(m[1]), 10, 64)
-	}
-	lat, err := readLatencies(prefix)
-	if err != nil {
-		return res, err
-	}
-	res.p99 = percentile(lat, 0.99)
-	if t.pid != 0 && res.txns > 0 {
-		res.cpuPerTxn = (cpu1 - cpu0) / time.Duration(res.txns)
-	}
-	return res, nil
-}
-
-// readLatencies reads pgbench's per-transaction logs (prefix.PID[.N]):
-// "client_id transaction_no time_us script_no time_epoch time_us".
-func readLatencies(prefix string) ([]time.Duration, error) {
-	files, err := filepath.Glob(prefix + ".*")
-	if err != nil || len(files) == 0 {
-		return nil, fmt.Errorf("no pgbench logs at %s.*", prefix)
-	}
-	var lat []time.Duration
-	for _, f := range files {
-		fh, err := os.Open(f)
-		if err != nil {
-			return nil, err
-		}
-		sc := bufio.NewScanner(fh)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 3 {
 				continue
 			}
-			us, err := strconv.ParseInt(fields[2], 10, 64)
-			if err == nil {
-				lat = append(lat, time.Duration(us)*time.Microsecond)
+			fmt.Printf("pgbench -S -M %s -c %d -T %s via %s ...\n", r.mode, r.clients, o.duration, ep.label())
+			rr := pgbench(ctx, env, o, tmp, ep, r.mode, r.clients)
+			if rr.NA != "" {
+				fmt.Printf("  n/a: %s\n", rr.NA)
+				res.Notes = append(res.Notes, lane+" n/a ("+rr.NA+")")
 			}
+			res.Targets[lane] = &rr
 		}
-		fh.Close()
-		os.Remove(f)
+		rep.Runs = append(rep.Runs, res)
 	}
-	return lat, nil
+	targets.stop()
+
+	fmt.Println()
+	if err := rep.printRuns(os.Stdout); err != nil {
+		return err
+	}
+
+	if o.memClients > 0 {
+		fmt.Println()
+		rep.Memory = memoryProbe(ctx, o, plan, tmp)
+		fmt.Println()
+		if err := rep.printMemory(os.Stdout, o); err != nil {
+			return err
+		}
+	}
+
+	if o.jsonPath != "" {
+		if err := rep.writeJSON(o.jsonPath); err != nil {
+			return err
+		}
+		fmt.Printf("\nresults written to %s\n", o.jsonPath)
+	}
+	fmt.Printf("\ntotal time %s (planned about %s)\n", time.Since(began).Round(time.Second), plan.total.Round(time.Second))
+	return nil
 }
 
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	slices.Sort(d)
-	return d[min(len(d)-1, int(float64(len(d))*p))]
+// runPlan is what the run will do, worked out before anything starts.
+type runPlan struct {
+	o              options
+	pgbouncer      version // zero: no PgBouncer
+	runs           int     // pgbench runs
+	total          time.Duration
+	maxConnections int // PostgreSQL max_connections
 }
 
-// cpuTime is a process's user+system CPU time from /proc (0 for pid 0).
-func cpuTime(pid int) time.Duration {
-	if pid == 0 {
-		return 0
+// Rough costs on the 2-core development machine, for the printed estimate.
+const (
+	setupCost      = 20 * time.Second // initdb, pgbench -i at scale 10, proxies
+	perRunOverhead = 3 * time.Second  // warm-up, connection phase, log parsing
+	perProbeCost   = 15 * time.Second // 5,000 logins, two settle waits, closing
+)
+
+func newPlan(o options, pb version) runPlan {
+	p := runPlan{o: o, pgbouncer: pb}
+	targets := 2
+	if !pb.isZero() {
+		targets = 3
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
+	p.runs = len(o.rows()) * targets
+	p.total = setupCost + time.Duration(p.runs)*(o.duration+perRunOverhead)
+	if o.memClients > 0 {
+		p.total += time.Duration(targets-1) * perProbeCost * time.Duration(max(1, o.memClients/5000))
 	}
-	// Fields after the parenthesised command name; utime and stime are the
-	// 14th and 15th fields of the whole line.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0
+	// PostgreSQL directly takes the largest client count; each proxy keeps
+	// up to its pool of backends open (idle ones too) for the whole run;
+	// plus superuser_reserved_connections and slack.
+	conns := o.maxClients() + o.proxyPoolSize(o.poolMode)
+	if !pb.isZero() {
+		conns += o.proxyPoolSize(o.poolMode)
+		if p.pgbouncerPreparedInSession() {
+			conns += o.proxyPoolSize(sessionMode)
+		}
 	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
-	return time.Duration(ut+st) * time.Second / clkTck
+	p.maxConnections = max(400, conns+20)
+	return p
 }
 
-func findPgBouncer() string {
-	if p, err := exec.LookPath("pgbouncer"); err == nil {
-		return p
+// pgbouncerPreparedInSession reports whether PgBouncer's -M prepared rows
+// run on a session-mode instance: in transaction mode, prepared statements
+// need max_prepared_statements, which PgBouncer has from 1.21.
+func (p runPlan) pgbouncerPreparedInSession() bool {
+	return !p.pgbouncer.isZero() && p.o.poolMode == transactionMode &&
+		slices.Contains(p.o.modes, "prepared") && p.pgbouncer.less(version{1, 21})
+}
+
+func (p runPlan) print(nofile uint64) {
+	o := p.o
+	pb := "PgBouncer not installed: PostgreSQL and pgsidecar only"
+	if !p.pgbouncer.isZero() {
+		pb = "PgBouncer " + p.pgbouncer.String()
 	}
-	if _, err := os.Stat("/usr/sbin/pgbouncer"); err == nil {
-		return "/usr/sbin/pgbouncer"
+	fmt.Printf("plan: pgbench -S, modes %s, clients %s (connect: %s), pool mode %s, pool size %d, %s, %d cores, open files limit %d\n",
+		strings.Join(o.modes, ","), joinInts(o.clients), joinInts(o.connectClients), o.poolMode, o.proxyPoolSize(o.poolMode), pb, numCPU(), nofile)
+	if p.pgbouncerPreparedInSession() {
+		fmt.Printf("plan: PgBouncer %s lacks max_prepared_statements (1.21+): its -M prepared rows run on a second PgBouncer in session mode, pool size %d\n",
+			p.pgbouncer, o.proxyPoolSize(sessionMode))
 	}
-	return ""
+	probe := "no memory probe"
+	if o.memClients > 0 {
+		probe = fmt.Sprintf("memory probe with %d idle clients per proxy", o.memClients)
+	}
+	fmt.Printf("plan: %d pgbench runs x %s = %s, plus setup and %s: about %s in all\n\n",
+		p.runs, o.duration, time.Duration(p.runs)*o.duration, probe, p.total.Round(time.Second))
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
 func command(env []string, name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Env = env
 	return cmd
-}
-
-func waitFor(ctx context.Context, ok func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for !ok() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
-func stop(cmd *exec.Cmd) {
-	if cmd == nil || cmd.Process == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		cmd.Process.Kill()
-	}
 }
 
 func numCPU() int {
