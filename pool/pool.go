@@ -60,6 +60,9 @@ type Manager struct {
 
 	mu    sync.Mutex
 	pools map[Key]*keyPool // guarded by mu
+	// known mirrors pools for lookups without mu: one is made per
+	// transaction in transaction mode.
+	known sync.Map // Key -> *keyPool
 	// closed is set under mu; read without it only as a hint.
 	closed atomic.Bool
 
@@ -96,9 +99,14 @@ type keyPool struct {
 	// clients that waited longer than ReservePoolTimeout. Nil without a
 	// reserve: p's own limit (a FIFO semaphore) is the gate.
 	slots, reserve *semaphore.Weighted
+
+	handoff handoff // without a reserve
 }
 
 func (m *Manager) pool(key Key) (*keyPool, error) {
+	if kp, ok := m.known.Load(key); ok && !m.closed.Load() {
+		return kp.(*keyPool), nil
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed.Load() {
@@ -125,6 +133,7 @@ func (m *Manager) pool(key Key) (*keyPool, error) {
 		return nil, err
 	}
 	m.pools[key] = kp
+	m.known.Store(key, kp)
 	return kp, nil
 }
 
@@ -203,6 +212,13 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 	kp, err := m.pool(key)
 	if err != nil {
 		return nil, err
+	}
+	if kp.slots == nil {
+		timeout := 24 * time.Hour
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = time.Until(dl)
+		}
+		return m.AcquireWait(ctx, NewWaiter(), key, timeout)
 	}
 	slot, err := kp.takeSlot(ctx)
 	if err != nil {
@@ -301,13 +317,12 @@ func (c *Conn) lend() *puddle.Resource[*Conn] {
 // query in flight, no transaction open, nothing buffered. The reset query
 // runs first; a failed reset, or a connection past its lifetime, closes c.
 func (m *Manager) Release(ctx context.Context, c *Conn) {
-	res := c.lend()
-	if res == nil {
+	if c.res == nil {
 		panic("pool: Release of a Conn that is not acquired")
 	}
-	if m.cfg.Lifetime > 0 && time.Since(res.CreationTime()) > m.cfg.Lifetime {
+	if m.cfg.Lifetime > 0 && time.Since(c.res.CreationTime()) > m.cfg.Lifetime {
 		m.stats.reaped.Add(1)
-		res.Destroy()
+		m.destroy(c)
 		return
 	}
 	if m.cfg.ResetQuery != "-" {
@@ -317,13 +332,13 @@ func (m *Manager) Release(ctx context.Context, c *Conn) {
 		if err != nil {
 			m.stats.resetFailures.Add(1)
 			m.cfg.Logger.Debug("backend reset failed; closing it", "backend_pid", c.pid, "err", err)
-			res.Destroy()
+			m.destroy(c)
 			return
 		}
 		c.Statements.Clear()
 		c.Settings = ""
 	}
-	res.Release()
+	m.put(c)
 }
 
 // Recycle returns c to its pool between transactions, without the reset
@@ -332,26 +347,41 @@ func (m *Manager) Release(ctx context.Context, c *Conn) {
 // the next holder. The caller asserts that c is idle, as for Release. A
 // connection past its lifetime is closed.
 func (m *Manager) Recycle(c *Conn) {
-	res := c.lend()
-	if res == nil {
+	if c.res == nil {
 		panic("pool: Recycle of a Conn that is not acquired")
 	}
-	if m.cfg.Lifetime > 0 && time.Since(res.CreationTime()) > m.cfg.Lifetime {
+	if m.cfg.Lifetime > 0 && time.Since(c.res.CreationTime()) > m.cfg.Lifetime {
 		m.stats.reaped.Add(1)
-		res.Destroy()
+		m.destroy(c)
 		return
 	}
-	res.Release()
+	m.put(c)
 }
 
 // Destroy closes c instead of returning it: its state is unknown.
 func (m *Manager) Destroy(c *Conn) {
-	res := c.lend()
-	if res == nil {
+	if c.res == nil {
 		panic("pool: Destroy of a Conn that is not acquired")
 	}
 	m.stats.destroyed.Add(1)
-	res.Destroy()
+	m.destroy(c)
+}
+
+// put gives an idle, clean c to the first waiter, or back to puddle.
+func (m *Manager) put(c *Conn) {
+	if m.handOver(c) {
+		return
+	}
+	c.lend().Release()
+}
+
+// destroy closes c; a waiter gets its slot.
+func (m *Manager) destroy(c *Conn) {
+	kp := c.pool
+	c.lend().Destroy()
+	if kp.slots == nil {
+		m.unlend(kp)
+	}
 }
 
 // Probe opens and closes one backend connection on the default upstream

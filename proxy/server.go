@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/clientauth"
+	"github.com/pgsidecar/pgsidecar/internal/sockio"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/sqlinfo"
 )
@@ -35,6 +36,10 @@ type Backends interface {
 	Acquire(ctx context.Context, key pool.Key) (*pool.Conn, error)
 	// Release returns an idle, clean backend to its pool.
 	Release(ctx context.Context, c *pool.Conn)
+	// AcquireWait is Acquire for a client that acquires once per
+	// transaction: it waits at most timeout with w, which the client
+	// reuses.
+	AcquireWait(ctx context.Context, w *pool.Waiter, key pool.Key, timeout time.Duration) (*pool.Conn, error)
 	// Recycle returns an idle backend between transactions, keeping its
 	// prepared statements and settings (transaction mode).
 	Recycle(c *pool.Conn)
@@ -64,8 +69,11 @@ type Server struct {
 
 	draining atomic.Bool
 	serving  atomic.Bool
-	clients  atomic.Int64
-	wg       sync.WaitGroup
+	// epoch counts watchdog ticks, from 1.
+	epoch     atomic.Int64
+	watchOnce sync.Once
+	clients   atomic.Int64
+	wg        sync.WaitGroup
 
 	stats counters
 }
@@ -117,6 +125,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
 	s.serving.Store(true)
+	// The watchdog ends with the root context, which Shutdown cancels
+	// once the sessions are done.
+	s.watchOnce.Do(func() { go s.watch() })
 
 	stop := context.AfterFunc(ctx, func() { s.closeAll() })
 	defer stop()
@@ -331,4 +342,63 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+type waitVerdict int32
+
+const (
+	verdictNone waitVerdict = iota
+	verdictClientGone
+	verdictQueryTimeout
+)
+
+// watch is the transaction-mode watchdog. A session waiting for its
+// backend's answer is parked in a read of the backend and cannot see its
+// client leave, nor time passing; once per livenessInterval the watchdog
+// looks at the sessions that have been waiting at least that long, and
+// interrupts the wait (with a read deadline in the past) of one whose
+// client closed its connection or whose wait passed query_timeout. Sessions
+// pay two atomic stores per wait for this, instead of timer operations.
+func (s *Server) watch() {
+	s.epoch.Store(1)
+	t := time.NewTicker(livenessInterval)
+	defer t.Stop()
+	var waiting []*clientConn
+	for {
+		select {
+		case <-s.rootCtx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.epoch.Add(1)
+		waiting = waiting[:0]
+		s.mu.Lock()
+		for c := range s.sessions {
+			if w := c.waitingSince.Load(); w != 0 && w < now-1 {
+				waiting = append(waiting, c)
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range waiting {
+			w := c.waitingSince.Load()
+			if w == 0 {
+				continue
+			}
+			v := verdictNone
+			if qt := s.cfg.QueryTimeout; qt > 0 && time.Duration(now-w-1)*livenessInterval >= qt {
+				v = verdictQueryTimeout
+			} else if sockio.PeerClosed(c.raw) {
+				v = verdictClientGone
+			}
+			if v == verdictNone {
+				continue
+			}
+			c.verdict.Store(int32(v))
+			c.cancelMu.Lock()
+			if be := c.backend.Load(); be != nil {
+				be.NetConn().SetReadDeadline(time.Unix(1, 0))
+			}
+			c.cancelMu.Unlock()
+		}
+	}
 }

@@ -50,11 +50,18 @@ type clientConn struct {
 	log     *slog.Logger
 	scratch []byte
 
-	st        *startup
-	key       pool.Key
-	mode      PoolMode
-	txMode    atomic.Bool // mode, for Shutdown
-	cancelKey uint64
+	st     *startup
+	key    pool.Key
+	mode   PoolMode
+	txMode atomic.Bool // mode, for Shutdown
+
+	// waitingSince is the server's watchdog epoch when the session began
+	// waiting for its backend in transaction mode, 0 when it is not
+	// waiting; verdict is what the watchdog found when it interrupted the
+	// wait.
+	waitingSince atomic.Int64
+	verdict      atomic.Int32
+	cancelKey    uint64
 
 	// backend is the backend serving the client, read by cancel requests
 	// from other goroutines.

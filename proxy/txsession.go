@@ -14,7 +14,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgsidecar/pgsidecar/internal/sockio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/sqlinfo"
@@ -89,12 +88,6 @@ type txRelay struct {
 	seg     int  // start of this chunk's bytes not yet copied or dropped
 	dirty   bool // this chunk's output is being rebuilt in toCl
 
-	// While attached, the backend socket has a read deadline at most
-	// livenessInterval ahead, so a long wait for answers notices a client
-	// that left (and query_timeout).
-	deadline time.Time
-	sentAt   time.Time // when the last batch went out, with query_timeout
-
 	// pending: in holds client messages to process before reading more
 	// (a batch paused for a shape check, or one being retried).
 	pending bool
@@ -106,6 +99,8 @@ type txRelay struct {
 	replay        []byte
 	execSinceSync bool
 	retried       bool
+
+	waiter *pool.Waiter // for backends, made at the first wait
 
 	stmts    map[string]*stmtDef // the client's named statements
 	set      settings
@@ -122,8 +117,8 @@ var (
 	errQueryTimout = fatal(CodeQueryCanceled, "canceling statement due to query_timeout; closing the connection", nil)
 )
 
-// livenessInterval is how often a session waiting for its backend checks
-// that its client is still there.
+// livenessInterval is how often the watchdog looks at sessions waiting
+// for their backend: whether the client is still there, and query_timeout.
 const livenessInterval = time.Second
 
 // clientBuffers and backendBuffers are taken while a session is busy and
@@ -221,15 +216,12 @@ func (r *txRelay) run(ctx context.Context) error {
 			r.toBE = append(r.toBE, 'H', 0, 0, 0, 4)
 			r.flushed = true
 		}
-		r.noteSent()
 		if quiet && r.expecting() {
 			// The backend owes nothing and has sent nothing: write the
-			// batch and wait for the first answer in one step. (The
-			// deadline is re-armed first, so the write always happens.)
-			if time.Until(r.deadline) < livenessInterval/2 {
-				r.armBackend(time.Now())
-			}
+			// batch and wait for the first answer in one step.
+			r.c.waitingSince.Store(r.srv.epoch.Load())
 			n, err := r.be.WriteRead(r.toBE, r.bbuf)
+			r.c.waitingSince.Store(0)
 			r.toBE = r.toBE[:0]
 			if n > 0 {
 				if err := r.processBackend(r.bbuf[:n]); err != nil {
@@ -241,7 +233,8 @@ func (r *txRelay) run(ctx context.Context) error {
 					if err := r.checkWaiting(); err != nil {
 						return err
 					}
-					continue
+					// Not the watchdog: whether the batch went out is
+					// unknown, so the backend cannot be trusted.
 				}
 				return r.backendFailed(err)
 			}
@@ -791,9 +784,10 @@ func (r *txRelay) attach(ctx context.Context) error {
 		return nil
 	}
 	s := r.srv
-	actx, cancel := context.WithTimeout(ctx, s.cfg.QueryWaitTimeout)
-	be, err := s.backends.Acquire(actx, r.c.key)
-	cancel()
+	if r.waiter == nil {
+		r.waiter = pool.NewWaiter()
+	}
+	be, err := s.backends.AcquireWait(ctx, r.waiter, r.c.key, s.cfg.QueryWaitTimeout)
 	if err != nil {
 		return fatalFrom(err)
 	}
@@ -819,7 +813,6 @@ func (r *txRelay) attach(ctx context.Context) error {
 	r.c.cancelMu.Lock()
 	r.c.backend.Store(be)
 	r.c.cancelMu.Unlock()
-	r.armBackend(time.Now())
 	s.stats.attaches.Add(1)
 	return nil
 }
@@ -852,10 +845,14 @@ func (r *txRelay) maybeDetach(ctx context.Context) error {
 
 // detach forgets the attached backend; the caller returns or closes it.
 func (r *txRelay) detach() {
-	r.be.NetConn().SetReadDeadline(time.Time{})
 	r.c.cancelMu.Lock()
 	r.c.backend.Store(nil)
 	r.c.cancelMu.Unlock()
+	if r.c.verdict.Swap(0) != 0 {
+		// The watchdog interrupted a wait that ended on its own just
+		// then: the backend must not carry its deadline to the next client.
+		r.be.NetConn().SetReadDeadline(time.Time{})
+	}
 	r.be = nil
 	backendBuffers.Put(r.bbufp)
 	r.bbufp, r.bbuf = nil, nil
@@ -864,10 +861,9 @@ func (r *txRelay) detach() {
 
 // readBackend reads one chunk of answers and relays it.
 func (r *txRelay) readBackend() error {
-	if qt := r.srv.cfg.QueryTimeout; qt > 0 {
-		r.be.NetConn().SetReadDeadline(time.Now().Add(qt))
-	}
+	r.c.waitingSince.Store(r.srv.epoch.Load())
 	n, err := r.be.Reader().Read(r.bbuf)
+	r.c.waitingSince.Store(0)
 	if n > 0 {
 		if err := r.processBackend(r.bbuf[:n]); err != nil {
 			return err
@@ -882,36 +878,17 @@ func (r *txRelay) readBackend() error {
 	return nil
 }
 
-// armBackend sets the backend's read deadline for the next wait.
-func (r *txRelay) armBackend(now time.Time) {
-	d := livenessInterval
-	if qt := r.srv.cfg.QueryTimeout; qt > 0 {
-		d = min(d, max(qt-now.Sub(r.sentAt), time.Millisecond))
-	}
-	r.deadline = now.Add(d)
-	r.be.NetConn().SetReadDeadline(r.deadline)
-}
-
-// noteSent records when a batch went out, for query_timeout.
-func (r *txRelay) noteSent() {
-	if r.srv.cfg.QueryTimeout > 0 && !r.expecting() {
-		r.sentAt = time.Now()
-		r.armBackend(r.sentAt)
-	}
-}
-
-// checkWaiting runs when a wait for the backend hit its deadline: it ends
-// the session if the client left or query_timeout passed, and re-arms the
-// deadline otherwise.
+// checkWaiting runs when the watchdog interrupted a wait for the backend
+// (see Server.watch): the client left, or query_timeout passed.
 func (r *txRelay) checkWaiting() error {
-	now := time.Now()
-	if qt := r.srv.cfg.QueryTimeout; qt > 0 && now.Sub(r.sentAt) >= qt {
+	r.be.NetConn().SetReadDeadline(time.Time{})
+	switch waitVerdict(r.c.verdict.Swap(0)) {
+	case verdictClientGone:
+		return errClientGone
+	case verdictQueryTimeout:
 		return errBackendFailed{errQueryTimout}
 	}
-	if sockio.PeerClosed(r.c.raw) {
-		return errClientGone
-	}
-	r.armBackend(now)
+	// Not the watchdog's doing: some other deadline; carry on waiting.
 	return nil
 }
 
