@@ -663,3 +663,35 @@ func TestTxDDLChangesPreparedResultType(t *testing.T) {
 		t.Errorf("a new client running the query gets %q (directly: %q)", got[5], direct[5])
 	}
 }
+
+// TestTxParseInFailedTransaction: in a failed transaction PostgreSQL
+// refuses every Parse with 25P02 before it looks at the name. pgx meets
+// this after an error inside a transaction: it re-prepares the statements
+// the error invalidated under their old names (the Close it would send
+// first waits for the transaction to end).
+//
+// Known bug (fails at the time of writing): pgsidecar answers a Parse of a
+// name the client has with its own 42P05 "prepared statement already
+// exists", so the client sees a different error than on PostgreSQL.
+func TestTxParseInFailedTransaction(t *testing.T) {
+	t.Parallel()
+	pg := env.Postgres(t)
+	sc := txSidecar(t, pg, 1, proxy.Config{}, pool.Config{})
+	run := func(r *rawConn) []string {
+		var out []string
+		r.send(&pgproto3.Parse{Name: "s1", Query: "select 1 as v"}, &pgproto3.Sync{})
+		out = append(out, r.untilReady()...)
+		out = append(out, r.query("BEGIN")...)
+		out = append(out, r.query("select 1/0")...)
+		r.send(&pgproto3.Parse{Name: "s1", Query: "select 1 as v"}, &pgproto3.Sync{})
+		out = append(out, r.untilReady()...)
+		r.send(&pgproto3.Parse{Name: "s2", Query: "select 2 as v"}, &pgproto3.Sync{})
+		out = append(out, r.untilReady()...)
+		out = append(out, r.query("ROLLBACK")...)
+		r.send(&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		return append(out, r.untilReady()...)
+	}
+	want := run(rawDirect(t, pg))
+	got := run(rawConnect(t, sc, pg, nil))
+	expectMessages(t, "through the sidecar vs directly", got, want)
+}
