@@ -47,31 +47,40 @@ func backendState(t testing.TB, direct *pgx.Conn, pid int) string {
 func TestTxClientLeavesMidTransaction(t *testing.T) {
 	t.Parallel()
 	pg := env.Postgres(t)
-	sc := txSidecar(t, pg, 1, proxy.Config{}, pool.Config{})
-	direct := pgDirect(t, pg)
-	table := createTable(t, pg, "txgone", "id int primary key")
+	for _, leave := range []struct {
+		name string
+		do   func(r *rawConn)
+	}{
+		{"socket closed", func(r *rawConn) { r.nc.Close() }},
+		{"Terminate", func(r *rawConn) { r.send(&pgproto3.Terminate{}) }},
+	} {
+		t.Run(leave.name, func(t *testing.T) {
+			t.Parallel()
+			sc := txSidecar(t, pg, 1, proxy.Config{}, pool.Config{})
+			direct := pgDirect(t, pg)
+			table := createTable(t, pg, "txgone", "id int primary key")
 
-	r := rawConnect(t, sc, pg, nil)
-	pid, err := strconv.Atoi(r.queryValue("select pg_backend_pid()"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	expectMessages(t, "begin", r.query("BEGIN"), []string{"C BEGIN", "Z T"})
-	expectMessages(t, "insert", r.query("insert into "+table+" values (1)"), []string{"C INSERT 0 1", "Z T"})
-	r.nc.Close()
+			r := rawConnect(t, sc, pg, nil)
+			pid := r2i(t, r.queryValue("select pg_backend_pid()"))
+			expectMessages(t, "begin", r.query("BEGIN"), []string{"C BEGIN", "Z T"})
+			expectMessages(t, "insert", r.query("insert into "+table+" values (1)"), []string{"C INSERT 0 1", "Z T"})
+			leave.do(r)
 
-	// The next client gets the single backend, idle: no transaction, no
-	// lock on the key the first client inserted, no row.
-	n := rawConnect(t, sc, pg, nil)
-	if got := r2i(t, n.queryValue("select pg_backend_pid()")); got != pid {
-		t.Fatalf("next client on backend %d, want the single backend %d", got, pid)
-	}
-	if got := n.queryValue("select (txid_current_if_assigned() is null)::text || ' ' || count(*) from " + table); got != "true 0" {
-		t.Fatalf("next client: no transaction and no rows = %q, want \"true 0\"", got)
-	}
-	expectMessages(t, "insert the same key", n.query("insert into "+table+" values (1)"), []string{"C INSERT 0 1", "Z I"})
-	if st := backendState(t, direct, pid); st != "idle" {
-		t.Fatalf("backend %d state %q, want idle", pid, st)
+			// The next client gets the single backend, idle: no
+			// transaction, no lock on the key the first client
+			// inserted, no row.
+			n := rawConnect(t, sc, pg, nil)
+			if got := r2i(t, n.queryValue("select pg_backend_pid()")); got != pid {
+				t.Fatalf("next client on backend %d, want the single backend %d", got, pid)
+			}
+			if got := n.queryValue("select (txid_current_if_assigned() is null)::text || ' ' || count(*) from " + table); got != "true 0" {
+				t.Fatalf("next client: no transaction and no rows = %q, want \"true 0\"", got)
+			}
+			expectMessages(t, "insert the same key", n.query("insert into "+table+" values (1)"), []string{"C INSERT 0 1", "Z I"})
+			if st := backendState(t, direct, pid); st != "idle" {
+				t.Fatalf("backend %d state %q, want idle", pid, st)
+			}
+		})
 	}
 }
 
