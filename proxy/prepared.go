@@ -192,3 +192,24 @@ func shapeSum(desc []byte) uint64 {
 	h.Write(desc)
 	return h.Sum64()
 }
+
+// Messages pgsidecar sends on its own behalf.
+var (
+	msgBindUnnamed    = []byte{'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0}
+	msgExecuteUnnamed = []byte{'E', 0, 0, 0, 9, 0, 0, 0, 0, 0}
+)
+
+// appendQuery appends a simple Query message.
+func appendQuery(dst []byte, sql string) []byte {
+	start := len(dst)
+	dst = append(dst, 'Q', 0, 0, 0, 0)
+	dst = append(dst, sql...)
+	dst = append(dst, 0)
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
+}
+
+// appendParse appends a Parse of sql under name, with no parameter types.
+func appendParse(dst []byte, name, sql string) []byte {
+	return appendRenamed(dst, 'P', nil, name, append([]byte(sql), 0, 0, 0))
+}

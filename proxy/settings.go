@@ -66,10 +66,25 @@ func (s settings) syncSQL(from string) string {
 const snapshotSQL = `SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ` +
 	`UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'`
 
-// snapshotSettings reads be's session settings.
-func snapshotSettings(ctx context.Context, be *pool.Conn) (settings, error) {
+// snapshotSettings reads be's session settings; custom names the
+// customized settings the client set, which pg_settings does not list.
+func snapshotSettings(ctx context.Context, be *pool.Conn, custom []string) (settings, error) {
+	sql := snapshotSQL
+	if len(custom) > 0 {
+		var b strings.Builder
+		b.WriteString(snapshotSQL)
+		b.WriteString(" UNION SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[")
+		for i, name := range custom {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			quoteLiteral(&b, name)
+		}
+		b.WriteString("]::text[]) AS n WHERE COALESCE(pg_catalog.current_setting(n, true), '') <> ''")
+		sql = b.String()
+	}
 	var pairs [][2]string
-	res, err := be.Query(ctx, snapshotSQL, func(v [][]byte) {
+	res, err := be.Query(ctx, sql, func(v [][]byte) {
 		if len(v) == 2 {
 			pairs = append(pairs, [2]string{string(v[0]), string(v[1])})
 		}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -101,6 +103,20 @@ type txRelay struct {
 	retried       bool
 
 	waiter *pool.Waiter // for backends, made at the first wait
+
+	// custom lists the customized settings the client ever set: the
+	// settings snapshot must ask for them by name.
+	custom []string
+	// The client's unnamed statement outlives a Sync on PostgreSQL, but a
+	// backend changes hands: its Parse is kept and sent again before a
+	// Bind or Describe that finds the session on another attach.
+	unnamed    []byte
+	unnamedGen uint64 // attachGen when unnamed was last parsed on the backend
+	attachGen  uint64
+	// deadlineSet: the client socket has a read deadline armed by an
+	// idle timeout.
+	deadlineSet bool
+	privateSeq  uint64
 
 	stmts    map[string]*stmtDef // the client's named statements
 	set      settings
@@ -266,6 +282,11 @@ func (r *txRelay) readClient() error {
 	c := r.c
 	if tmo := r.idleTimeout(); tmo > 0 {
 		c.raw.SetReadDeadline(time.Now().Add(tmo))
+		r.deadlineSet = true
+	} else if r.deadlineSet {
+		// The other timeout's deadline must not fire in this state.
+		c.raw.SetReadDeadline(time.Time{})
+		r.deadlineSet = false
 	}
 	var n int
 	var err error
@@ -424,6 +445,8 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			return malformed(typ)
 		}
 		text := unsafe.String(unsafe.SliceData(body), len(body)-1)
+		// A simple Query destroys the unnamed statement.
+		r.unnamed = r.unnamed[:0]
 		if name, ok := deallocateName(text); ok {
 			if _, mine := r.stmts[name]; mine {
 				delete(r.stmts, name)
@@ -434,8 +457,15 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		}
 		eff := r.srv.classifier.SessionEffects(text)
 		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
-			r.synth('E', r.refusal(eff.Pin))
-			r.synth('Z', nil)
+			if r.be == nil {
+				r.synth('E', r.refusal(eff.Pin))
+				r.synth('Z', nil)
+				return nil
+			}
+			// Inside a transaction the error must abort it, as any
+			// error would: the server raises it.
+			r.push(respEntry{kind: 'Q'})
+			r.toBE = appendQuery(r.toBE, r.refusalSQL(eff.Pin))
 			return nil
 		}
 		if err := r.attach(ctx); err != nil {
@@ -449,10 +479,28 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		if !ok {
 			return malformed(typ)
 		}
+		if r.txStatus == 'E' && r.be != nil {
+			// A failed transaction refuses every Parse (25P02) before
+			// anything else is checked: the server says so itself.
+			r.forwardExtended('P', msg)
+			return nil
+		}
 		eff := r.srv.classifier.SessionEffects(unsafe.String(unsafe.SliceData(query), len(query)))
 		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
-			r.synth('E', r.refusal(eff.Pin))
 			r.clientSkip = true
+			if r.be == nil {
+				r.synth('E', r.refusal(eff.Pin))
+				return nil
+			}
+			// The batch (or transaction) the statement is part of must
+			// fail as a whole: the server raises the error.
+			r.toBE = appendParse(r.toBE, "", r.refusalSQL(eff.Pin))
+			r.push(respEntry{kind: 'P', action: actSwallow})
+			r.toBE = append(r.toBE, msgBindUnnamed...)
+			r.push(respEntry{kind: 'B', action: actSwallow})
+			r.toBE = append(r.toBE, msgExecuteUnnamed...)
+			r.push(respEntry{kind: 'E'})
+			r.unsynced = true
 			return nil
 		}
 		if len(name) == 0 {
@@ -460,6 +508,8 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 				return err
 			}
 			r.applyEffects(eff)
+			r.unnamed = append(r.unnamed[:0], msg...)
+			r.unnamedGen = r.attachGen
 			r.forwardExtended('P', msg)
 			return nil
 		}
@@ -469,7 +519,15 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			r.clientSkip = true
 			return nil
 		}
-		def := newStmtDef(query, types, r.set.key, eff)
+		key := r.set.key
+		if r.snapshot {
+			// The settings changed in this transaction and are not read
+			// back yet: what the text means is not known to be what it
+			// means for anyone else, so the statement is not shared.
+			r.privateSeq++
+			key = fmt.Sprintf("%s\x00private\x00%d\x00%d", key, r.c.id, r.privateSeq)
+		}
+		def := newStmtDef(query, types, key, eff)
 		clientName := string(name)
 		if r.stmts == nil {
 			r.stmts = make(map[string]*stmtDef)
@@ -506,6 +564,9 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		def := r.stmts[string(stmt)]
 		if len(stmt) == 0 || def == nil {
 			// Unnamed, or unknown: the server answers for itself.
+			if len(stmt) == 0 {
+				r.ensureUnnamed()
+			}
 			r.forwardExtended('B', msg)
 			return nil
 		}
@@ -547,6 +608,9 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		}
 		def := r.stmts[string(body[1:len(body)-1])]
 		if def == nil {
+			if len(body) == 2 {
+				r.ensureUnnamed()
+			}
 			r.forwardExtended('D', msg)
 			return nil
 		}
@@ -759,6 +823,37 @@ func (r *txRelay) applyEffects(e sqlinfo.Effects) {
 	if e.Pin != "" && r.pin == "" {
 		r.pin = e.Pin
 	}
+	for _, name := range e.Custom {
+		if !slices.Contains(r.custom, name) {
+			r.custom = append(r.custom, name)
+		}
+	}
+}
+
+// ensureUnnamed sends the client's last unnamed Parse again when a Bind or
+// Describe of the unnamed statement finds the session on another attach
+// than the one that parsed it (another client may have replaced it).
+func (r *txRelay) ensureUnnamed() {
+	if len(r.unnamed) == 0 || r.unnamedGen == r.attachGen {
+		return
+	}
+	r.toBE = append(r.toBE, r.unnamed...)
+	r.push(respEntry{kind: 'P', action: actSwallow})
+	r.unnamedGen = r.attachGen
+	r.srv.stats.lazyParses.Add(1)
+}
+
+// refusalSQL raises, on the server, the error for a statement that needs
+// a pinned session when pinning is off.
+func (r *txRelay) refusalSQL(feature string) string {
+	r.srv.countRefusal(feature)
+	var b strings.Builder
+	b.WriteString("DO $pgsidecar$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = ")
+	quoteLiteral(&b, feature+" is not supported in transaction pooling mode")
+	b.WriteString(", HINT = ")
+	quoteLiteral(&b, "Enable pin_on_session_state, or use session pooling for this client.")
+	b.WriteString("; END$pgsidecar$")
+	return b.String()
 }
 
 // refusal is the error for a statement that needs a pinned session when
@@ -808,6 +903,7 @@ func (r *txRelay) attach(ctx context.Context) error {
 		be.Settings = r.set.key
 	}
 	r.be = be
+	r.attachGen++
 	r.bbufp = backendBuffers.Get().(*[]byte)
 	r.bbuf = *r.bbufp
 	r.c.cancelMu.Lock()
@@ -827,7 +923,7 @@ func (r *txRelay) maybeDetach(ctx context.Context) error {
 	if r.snapshot {
 		r.snapshot = false
 		sctx, cancel := context.WithTimeout(ctx, drainTimeout)
-		set, err := snapshotSettings(sctx, be)
+		set, err := snapshotSettings(sctx, be, r.custom)
 		cancel()
 		if err != nil {
 			return r.backendFailed(err)
@@ -1239,7 +1335,7 @@ func (r *txRelay) finish(ctx context.Context, cause error) {
 			// them on the next attach.
 			be.Settings = "\x00unknown"
 		}
-		if !clean && r.q.len() > 0 && !errors.As(cause, &bf) {
+		if !clean && r.q.len() > 0 && (!errors.As(cause, &bf) || errors.Is(cause, errQueryTimout)) {
 			// The client is gone with a query running: stop it, since
 			// closing the connection alone does not (pg_sleep runs on).
 			cctx, cancel := context.WithTimeout(ctx, time.Second)

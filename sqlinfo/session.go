@@ -1,6 +1,7 @@
 package sqlinfo
 
 import (
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -20,6 +21,11 @@ type Effects struct {
 	// lists, CTEs, subqueries, DML). SET LOCAL and SET TRANSACTION do not
 	// count: they end with the transaction.
 	SetsSession bool
+	// Custom lists the customized (dotted, "app.tenant") settings the text
+	// sets or resets for the session, lower-cased: PostgreSQL does not list
+	// such placeholders in pg_settings, so whoever tracks a session's
+	// settings must ask for them by name.
+	Custom []string
 	// DiscardAll: DISCARD ALL. DISCARD PLANS, SEQUENCES and TEMP set nothing.
 	DiscardAll bool
 	// DeallocateAll: DEALLOCATE ALL, and also DISCARD ALL, which implies it.
@@ -35,10 +41,20 @@ type Effects struct {
 	Unparsed bool
 }
 
+// Equal reports whether e and o are the same effects.
+func (e Effects) Equal(o Effects) bool {
+	return e.SetsSession == o.SetsSession && e.DiscardAll == o.DiscardAll && e.DeallocateAll == o.DeallocateAll &&
+		e.Pin == o.Pin && e.Unparsed == o.Unparsed && slices.Equal(e.Custom, o.Custom)
+}
+
 // Values of Effects.Pin.
 const (
 	// PinListen: LISTEN channel.
 	PinListen = "LISTEN"
+	// PinComputedSetting: set_config with a setting name that is not a
+	// constant, which may create a placeholder setting that cannot be
+	// found again by name.
+	PinComputedSetting = "set_config with a computed setting name"
 	// PinAdvisoryLock: a call of pg_advisory_lock, pg_advisory_lock_shared,
 	// pg_try_advisory_lock or pg_try_advisory_lock_shared (session-level
 	// locks; the _xact_ variants end with the transaction).
@@ -102,6 +118,7 @@ func (a *analyzer) statement(n *pg_query.Node) {
 	case *pg_query.Node_VariableSetStmt:
 		if setsSession(s.VariableSetStmt) {
 			a.e.SetsSession = true
+			a.custom(s.VariableSetStmt.GetName())
 		}
 		return
 	case *pg_query.Node_DiscardStmt:
@@ -228,6 +245,41 @@ func setsSession(s *pg_query.VariableSetStmt) bool {
 	return true
 }
 
+// settingName returns a set_config call's setting name, given by position
+// (the first) or by name, when it is a string constant.
+func settingName(fc *pg_query.FuncCall) (string, bool) {
+	var arg *pg_query.Node
+	for i, n := range fc.GetArgs() {
+		if named := n.GetNamedArgExpr(); named != nil {
+			if named.GetName() == "setting_name" {
+				arg = named.GetArg()
+			}
+			continue
+		}
+		if i == 0 {
+			arg = n
+		}
+	}
+	if sv := arg.GetAConst().GetSval(); sv != nil {
+		return sv.GetSval(), true
+	}
+	return "", false
+}
+
+// custom records name when it is a customized setting.
+func (a *analyzer) custom(name string) {
+	if !strings.Contains(name, ".") {
+		return
+	}
+	name = strings.ToLower(name)
+	for _, n := range a.e.Custom {
+		if n == name {
+			return
+		}
+	}
+	a.e.Custom = append(a.e.Custom, name)
+}
+
 // funcCall records the effects of one function call.
 //
 // Names are matched on their last component, whatever the schema, and without
@@ -243,6 +295,13 @@ func (a *analyzer) funcCall(fc *pg_query.FuncCall) {
 	case strings.EqualFold(name, "set_config"):
 		if !isLocalTrue(fc) {
 			a.e.SetsSession = true
+			if name, ok := settingName(fc); ok {
+				a.custom(name)
+			} else {
+				// A name only known at run time may be a placeholder
+				// nobody can ask for later.
+				a.pin(PinComputedSetting)
+			}
 		}
 	case strings.EqualFold(name, "pg_advisory_lock"),
 		strings.EqualFold(name, "pg_advisory_lock_shared"),

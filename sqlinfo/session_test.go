@@ -1,6 +1,7 @@
 package sqlinfo
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -195,10 +196,13 @@ var effectsCases = []effectsCase{
 	{"unicode identifier", `SELECT "größe" FROM "tabelle"`, none},
 }
 
+// withoutCustom drops Custom, which TestCustomSettings covers.
+func withoutCustom(e Effects) Effects { e.Custom = nil; return e }
+
 func TestSessionEffects(t *testing.T) {
 	for _, tc := range effectsCases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := SessionEffects(tc.sql); got != tc.want {
+			if got := withoutCustom(SessionEffects(tc.sql)); !got.Equal(withoutCustom(tc.want)) {
 				t.Errorf("SessionEffects(%q)\n got %+v\nwant %+v", tc.sql, got, tc.want)
 			}
 		})
@@ -216,7 +220,7 @@ func withoutUnparsed(e Effects) Effects {
 // parser.
 func TestPrefilterKeepsEveryPositive(t *testing.T) {
 	for _, tc := range effectsCases {
-		if withoutUnparsed(tc.want) == none {
+		if withoutUnparsed(tc.want).Equal(none) {
 			continue
 		}
 		if !isCandidate(tc.sql) {
@@ -233,7 +237,7 @@ func TestPrefilterRejectsOnlyHarmless(t *testing.T) {
 			continue
 		}
 		rejected++
-		if got := withoutUnparsed(SessionEffects(tc.sql)); got != none {
+		if got := withoutUnparsed(SessionEffects(tc.sql)); !got.Equal(none) {
 			t.Errorf("prefilter rejects %q, which has effects %+v", tc.sql, got)
 		}
 	}
@@ -301,29 +305,29 @@ func FuzzSessionEffects(f *testing.F) {
 	c := NewClassifier(64)
 	f.Fuzz(func(t *testing.T, sql string) {
 		e := SessionEffects(sql)
-		if e.Unparsed && e != bad {
+		if e.Unparsed && !e.Equal(bad) {
 			t.Fatalf("SessionEffects(%q) = %+v: Unparsed with other fields set", sql, e)
 		}
 		if e.DiscardAll && !e.DeallocateAll {
 			t.Fatalf("SessionEffects(%q) = %+v: DiscardAll without DeallocateAll", sql, e)
 		}
 		switch e.Pin {
-		case "", PinListen, PinAdvisoryLock, PinTempTable, PinHoldCursor, PinPrepare, PinLoad:
+		case "", PinListen, PinAdvisoryLock, PinTempTable, PinHoldCursor, PinPrepare, PinLoad, PinComputedSetting:
 		default:
 			t.Fatalf("SessionEffects(%q) = %+v: unknown Pin", sql, e)
 		}
 		got := c.SessionEffects(sql)
 		if !isCandidate(sql) {
 			// The property that matters: the prefilter hides no effect.
-			if withoutUnparsed(e) != none {
+			if !withoutUnparsed(e).Equal(none) {
 				t.Fatalf("prefilter rejects %q, which has effects %+v", sql, e)
 			}
-			if got != none {
+			if !got.Equal(none) {
 				t.Fatalf("Classifier.SessionEffects(%q) = %+v for a rejected text", sql, got)
 			}
 			return
 		}
-		if got != e {
+		if !got.Equal(e) {
 			t.Fatalf("Classifier.SessionEffects(%q) = %+v, SessionEffects = %+v", sql, got, e)
 		}
 	})
@@ -333,8 +337,28 @@ func BenchmarkSessionEffectsParse(b *testing.B) {
 	const sql = "SET search_path TO app, public"
 	b.ReportAllocs()
 	for b.Loop() {
-		if SessionEffects(sql) != session {
+		if !SessionEffects(sql).Equal(session) {
 			b.Fatal("wrong answer")
 		}
+	}
+}
+
+func TestCustomSettings(t *testing.T) {
+	for sql, want := range map[string][]string{
+		"SET app.tenant = '42'":                    {"app.tenant"},
+		"SET SESSION App.Tenant TO 7; RESET my.x":  {"app.tenant", "my.x"},
+		"SET LOCAL app.tenant = '1'":               nil,
+		"SET search_path = x":                      nil,
+		"SELECT set_config('app.user', $1, false)": {"app.user"},
+		"SELECT set_config('app.user', $1, true)":  nil,
+		"SELECT set_config(setting_name => 'a.b', new_value => '1', is_local => false)": {"a.b"},
+		"RESET ALL": nil,
+	} {
+		if got := SessionEffects(sql).Custom; !slices.Equal(got, want) {
+			t.Errorf("SessionEffects(%q).Custom = %q, want %q", sql, got, want)
+		}
+	}
+	if got := SessionEffects("SELECT set_config($1, $2, false)").Pin; got != PinComputedSetting {
+		t.Errorf("set_config with a parameter as name: Pin %q, want %q", got, PinComputedSetting)
 	}
 }

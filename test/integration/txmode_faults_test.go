@@ -170,7 +170,7 @@ func TestTxTimeouts(t *testing.T) {
 		}
 	})
 
-	// Known bug (fails at the time of writing): the client read deadline
+	// Regression (fixed): the client read deadline
 	// is set only when the timeout for the session's state is non-zero,
 	// so the deadline armed in the other state stays: with only
 	// ClientIdleTimeout, a client idle inside a transaction is cut with
@@ -217,7 +217,7 @@ func TestTxTimeouts(t *testing.T) {
 		expectMessages(t, "next client", n.query("select 1 as one"), []string{"T one", "D 1", "C SELECT 1", "Z I"})
 	})
 
-	// Known bug (fails at the time of writing): the time a batch was sent
+	// Regression (fixed): the time a batch was sent
 	// is recorded only when the backend owed nothing after the batch was
 	// queued, which is never, so every wait counts from the zero time and
 	// any query slower than about a millisecond is cut with 57014 at once.

@@ -248,7 +248,7 @@ func TestTxPinnedSessions(t *testing.T) {
 		}
 	})
 
-	// Known bug (fails at the time of writing): a refused statement is
+	// Regression (fixed): a refused statement is
 	// answered by pgsidecar without the server knowing, so the transaction
 	// it was part of is not aborted as an error would abort it on
 	// PostgreSQL: ReadyForQuery says 'T' (not 'E'), and COMMIT commits the

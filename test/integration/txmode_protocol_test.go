@@ -18,7 +18,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
-// Known bug (fails at the time of writing): the backend is given back at
+// Regression (fixed): the backend is given back at
 // the Sync that follows the unnamed Parse, so the client's Bind runs
 // whatever unnamed statement the backend holds then: another client's
 // (its rows reach the wrong client) or none (26000 on another backend).

@@ -185,7 +185,7 @@ func TestTxSessionSettingsIsolated(t *testing.T) {
 		}
 	})
 
-	// Known bug (fails at the time of writing): a custom (placeholder)
+	// Regression (fixed): a custom (placeholder)
 	// setting such as app.tenant is not listed in pg_settings, so the
 	// settings read back after SET never include it: the client's record
 	// does not change, the next client on the backend gets no RESET ALL
@@ -237,7 +237,7 @@ func TestTxSessionSettingsIsolated(t *testing.T) {
 // on the same backend, where the two paths name tables of different
 // shapes. On PostgreSQL each gets its own table's rows.
 //
-// Known bug (fails at the time of writing): the server statement's name is
+// Regression (fixed): the server statement's name is
 // derived from the settings the client had when the transaction began
 // (they are read back only at its end), so A's statement is filed under
 // the default settings, B's Parse is answered from it, and B's Describe

@@ -9,8 +9,8 @@ package integration
 // This file holds the shared helpers and the prepared-statement tests;
 // txmode_settings_test.go, txmode_pins_test.go, txmode_protocol_test.go,
 // txmode_faults_test.go and txmode_load_test.go hold the rest. Tests whose
-// comment starts "Known bug" fail at the time of writing: each reproduces
-// a fault in the proxy, described there.
+// comment starts "Regression" each reproduced a fault the proxy had when
+// they were written (fixed since), described there.
 
 import (
 	"database/sql"
@@ -631,7 +631,7 @@ func ddlOutcome(t testing.TB, pg *testenv.Postgres, url string) []string {
 // then correct rows once pgx prepared the statement again, a usable
 // session, and a new client running the same query must get rows.
 //
-// Known bug (fails at the time of writing): the sidecar shares server
+// Regression (fixed): the sidecar shares server
 // statements by text, parameter types and settings, so pgx's re-Parse is
 // answered with a synthetic ParseComplete for the old server statement,
 // whose Describe and Bind fail with 0A000 for this client and every other
@@ -672,7 +672,7 @@ func TestTxDDLChangesPreparedResultType(t *testing.T) {
 // the error invalidated under their old names (the Close it would send
 // first waits for the transaction to end).
 //
-// Known bug (fails at the time of writing): pgsidecar answers a Parse of a
+// Regression (fixed): pgsidecar answers a Parse of a
 // name the client has with its own 42P05 "prepared statement already
 // exists", so the client sees a different error than on PostgreSQL.
 func TestTxParseInFailedTransaction(t *testing.T) {
