@@ -12,8 +12,9 @@ type counters struct {
 	cancels        atomic.Int64
 	cancelsUnknown atomic.Int64
 
-	// Transaction mode.
-	attaches      atomic.Int64
+	// Transaction mode. attaches is striped by session: every transaction
+	// counts one, from every core.
+	attaches      [counterStripes]stripe
 	settingsSyncs atomic.Int64
 	parses        atomic.Int64
 	parsesShared  atomic.Int64
@@ -54,7 +55,7 @@ func (s *Server) Stats() Stats {
 		RefusedFull:    s.stats.refusedFull.Load(),
 		Cancels:        s.stats.cancels.Load(),
 		CancelsUnknown: s.stats.cancelsUnknown.Load(),
-		Attaches:       s.stats.attaches.Load(),
+		Attaches:       s.stats.sumAttaches(),
 		SettingsSyncs:  s.stats.settingsSyncs.Load(),
 		Parses:         s.stats.parses.Load(),
 		ParsesShared:   s.stats.parsesShared.Load(),
@@ -85,4 +86,20 @@ func (s *Server) countRefusal(reason string) {
 	}
 	s.stats.refusals[reason]++
 	s.stats.reasonsMu.Unlock()
+}
+
+const counterStripes = 16
+
+// stripe is a counter on its own cache line.
+type stripe struct {
+	n atomic.Int64
+	_ [56]byte
+}
+
+func (c *counters) sumAttaches() int64 {
+	var n int64
+	for i := range c.attaches {
+		n += c.attaches[i].n.Load()
+	}
+	return n
 }

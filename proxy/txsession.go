@@ -117,6 +117,8 @@ type txRelay struct {
 	// idle timeout.
 	deadlineSet bool
 	privateSeq  uint64
+	lastQ       []byte // the last short simple query, and its effects
+	lastEff     sqlinfo.Effects
 
 	stmts    map[string]*stmtDef // the client's named statements
 	set      settings
@@ -447,7 +449,11 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		text := unsafe.String(unsafe.SliceData(body), len(body)-1)
 		// A simple Query destroys the unnamed statement.
 		r.unnamed = r.unnamed[:0]
-		if name, ok := deallocateName(text); ok {
+		if startsWithD(body) {
+			name, ok := deallocateName(text)
+			if !ok {
+				goto classify
+			}
 			if _, mine := r.stmts[name]; mine {
 				delete(r.stmts, name)
 				r.synth('C', pgMsg(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}))
@@ -455,7 +461,8 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 				return nil
 			}
 		}
-		eff := r.srv.classifier.SessionEffects(text)
+	classify:
+		eff := r.lastQueryEffects(body[:len(body)-1], text)
 		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
 			if r.be == nil {
 				r.synth('E', r.refusal(eff.Pin))
@@ -830,6 +837,36 @@ func (r *txRelay) applyEffects(e sqlinfo.Effects) {
 	}
 }
 
+// lastQueryEffects classifies a simple query's text, remembering the last
+// short one: clients repeat their queries, and the comparison is cheaper
+// than the classifier's prefilter.
+func (r *txRelay) lastQueryEffects(q []byte, text string) sqlinfo.Effects {
+	if r.lastQ != nil && bytes.Equal(q, r.lastQ) {
+		return r.lastEff
+	}
+	eff := r.srv.classifier.SessionEffects(text)
+	if len(q) <= 512 {
+		r.lastQ = append(r.lastQ[:0], q...)
+		r.lastEff = eff
+	}
+	return eff
+}
+
+// startsWithD reports whether a query text's first non-blank byte is d or
+// D: only then can it be a DEALLOCATE.
+func startsWithD(q []byte) bool {
+	for _, c := range q {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case 'd', 'D':
+			return true
+		}
+		return false
+	}
+	return false
+}
+
 // ensureUnnamed sends the client's last unnamed Parse again when a Bind or
 // Describe of the unnamed statement finds the session on another attach
 // than the one that parsed it (another client may have replaced it).
@@ -909,7 +946,7 @@ func (r *txRelay) attach(ctx context.Context) error {
 	r.c.cancelMu.Lock()
 	r.c.backend.Store(be)
 	r.c.cancelMu.Unlock()
-	s.stats.attaches.Add(1)
+	s.stats.attaches[r.c.id%counterStripes].n.Add(1)
 	return nil
 }
 
