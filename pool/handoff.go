@@ -5,8 +5,6 @@ import (
 	"errors"
 	"sync"
 	"time"
-
-	"github.com/jackc/puddle/v2"
 )
 
 // Direct handoff. Once every connection of a pool is lent, a client that
@@ -22,8 +20,9 @@ import (
 type Waiter struct {
 	ch         chan *Conn // a connection, or nil: "a slot is yours, open one"
 	timer      *time.Timer
-	prev, next *Waiter // in keyPool's queue, guarded by its wmu
-	queued     bool    // guarded by wmu
+	prev, next *Waiter  // in keyPool's queue, guarded by its wmu
+	queued     bool     // guarded by wmu
+	kp         *keyPool // the pool of the last wait, to skip the lookup
 }
 
 // NewWaiter returns a Waiter for repeated use by one goroutine.
@@ -68,9 +67,13 @@ func (h *handoff) remove(w *Waiter) {
 // (made by NewWaiter, not shared) at most timeout, and returns early with
 // ctx's error when ctx is done.
 func (m *Manager) AcquireWait(ctx context.Context, w *Waiter, key Key, timeout time.Duration) (*Conn, error) {
-	kp, err := m.pool(key)
-	if err != nil {
-		return nil, err
+	kp := w.kp
+	if kp == nil || kp.m != m || kp.key != key || m.closed.Load() {
+		var err error
+		if kp, err = m.pool(key); err != nil {
+			return nil, err
+		}
+		w.kp = kp
 	}
 	if kp.slots != nil {
 		actx, cancel := context.WithTimeout(ctx, timeout)
@@ -137,32 +140,11 @@ func (m *Manager) giveUp(h *handoff, w *Waiter) bool {
 // in lent: an idle one, or a new one (dialling is bounded by
 // ConnectTimeout), so it needs no deadline of its own.
 func (m *Manager) acquireSlotted(ctx context.Context, kp *keyPool) (*Conn, error) {
-	actx := ctx
-	for {
-		res, err := kp.p.Acquire(actx)
-		if err != nil {
-			m.unlend(kp)
-			switch {
-			case errors.Is(err, puddle.ErrClosedPool):
-				return nil, ErrClosed
-			case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-				m.stats.acquireTimeouts.Add(1)
-				return nil, ErrAcquireTimeout
-			}
-			return nil, err
-		}
-		c := res.Value()
-		if m.cfg.CheckDelay > 0 && res.IdleDuration() > m.cfg.CheckDelay {
-			if err := c.check(actx, m.cfg.ConnectTimeout); err != nil {
-				m.cfg.Logger.Debug("backend failed its idle check; closing it", "database", kp.key.Database, "user", kp.key.User, "backend_pid", c.pid, "err", err)
-				m.stats.checkFailures.Add(1)
-				res.Destroy()
-				continue
-			}
-		}
-		c.res = res
-		return c, nil
+	c, err := m.checkedAcquire(ctx, kp)
+	if err != nil {
+		m.unlend(kp)
 	}
+	return c, err
 }
 
 // unlend frees a slot counted in lent: the first waiter gets it (and opens

@@ -228,10 +228,21 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 		}
 		return nil, err
 	}
+	c, err := m.checkedAcquire(ctx, kp)
+	if err != nil {
+		kp.giveSlot(slot)
+		return nil, err
+	}
+	c.slot = slot
+	return c, nil
+}
+
+// checkedAcquire takes a connection from puddle, an idle one (checked when
+// it has been idle longer than CheckDelay) or a new one.
+func (m *Manager) checkedAcquire(ctx context.Context, kp *keyPool) (*Conn, error) {
 	for {
 		res, err := kp.p.Acquire(ctx)
 		if err != nil {
-			kp.giveSlot(slot)
 			switch {
 			case errors.Is(err, puddle.ErrClosedPool):
 				return nil, ErrClosed
@@ -245,13 +256,12 @@ func (m *Manager) Acquire(ctx context.Context, key Key) (*Conn, error) {
 		if m.cfg.CheckDelay > 0 && res.IdleDuration() > m.cfg.CheckDelay {
 			if err := c.check(ctx, m.cfg.ConnectTimeout); err != nil {
 				m.stats.checkFailures.Add(1)
-				m.cfg.Logger.Debug("backend failed its idle check; closing it", "database", key.Database, "user", key.User, "backend_pid", c.pid, "err", err)
+				m.cfg.Logger.Debug("backend failed its idle check; closing it", "database", kp.key.Database, "user", kp.key.User, "backend_pid", c.pid, "err", err)
 				res.Destroy()
 				continue
 			}
 		}
 		c.res = res
-		c.slot = slot
 		return c, nil
 	}
 }

@@ -42,8 +42,9 @@ type Conn struct {
 	writeFn func(fd uintptr) bool
 
 	// ReadLazy's state.
-	take, giveBack func() []byte
-	lazyFn         func(fd uintptr) bool
+	take     func() []byte
+	giveBack func()
+	lazyFn   func(fd uintptr) bool
 
 	// WriteRead's state.
 	wrFirst     bool
@@ -92,6 +93,11 @@ func (s *Conn) Read(p []byte) (int, error) {
 	s.rbuf, s.rn, s.rerrno = p, 0, 0
 	err := s.rc.Read(s.readFn)
 	s.rbuf = nil
+	return s.readResult(err)
+}
+
+// readResult turns the outcome of a read callback into Read's results.
+func (s *Conn) readResult(err error) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err
@@ -170,12 +176,8 @@ func (s *Conn) WriteRead(w, r []byte) (int, error) {
 			return 0, err
 		}
 		return s.Read(r)
-	case s.rerrno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("read", s.rerrno)}
-	case s.rn == 0:
-		return 0, io.EOF
 	}
-	return s.rn, nil
+	return s.readResult(nil)
 }
 
 func (s *Conn) doWriteRead(fd uintptr) bool {
@@ -199,19 +201,11 @@ func (s *Conn) ReadLazy(take func() []byte, giveBack func()) (int, error) {
 	if s.rc == nil {
 		return s.Read(take())
 	}
-	s.take, s.giveBack = take, func() []byte { giveBack(); return nil }
+	s.take, s.giveBack = take, giveBack
 	s.rbuf, s.rn, s.rerrno = nil, 0, 0
 	err := s.rc.Read(s.lazyFn)
 	s.rbuf, s.take, s.giveBack = nil, nil, nil
-	switch {
-	case err != nil:
-		return 0, err
-	case s.rerrno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.conn.LocalAddr(), Addr: s.conn.RemoteAddr(), Err: os.NewSyscallError("read", s.rerrno)}
-	case s.rn == 0:
-		return 0, io.EOF
-	}
-	return s.rn, nil
+	return s.readResult(err)
 }
 
 func (s *Conn) doLazyRead(fd uintptr) bool {
