@@ -7,15 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgsidecar/pgsidecar/internal/sockio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/sqlinfo"
@@ -104,6 +107,14 @@ type txRelay struct {
 
 	waiter *pool.Waiter // for backends, made at the first wait
 
+	// runRaw's state: the client socket, whether it may hold bytes not
+	// read yet, and what ended the loop.
+	ctx         context.Context
+	fd          uintptr
+	mayHaveData bool
+	stepErr     error
+	stepFn      func(uintptr) bool
+
 	// custom lists the customized settings the client ever set: the
 	// settings snapshot must ask for them by name.
 	custom []string
@@ -150,6 +161,7 @@ var (
 func (c *clientConn) serveTransactions(ctx context.Context) {
 	r := &txRelay{c: c, srv: c.srv, txStatus: 'I', set: c.initialSettings()}
 	r.takeInFn, r.giveInFn = r.takeIn, r.giveIn
+	r.stepFn = r.step
 	// login left the client's backend attached; it goes back now, already
 	// holding the client's settings.
 	be := c.backend.Load()
@@ -179,7 +191,67 @@ var (
 // run relays until the client leaves, a fault ends the session, or the
 // session is pinned (errPinned, with the backend attached and idle).
 func (r *txRelay) run(ctx context.Context) error {
+	if r.c.cio.Raw() {
+		return r.runRaw(ctx)
+	}
 	for {
+		if err := r.iterate(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// runRaw runs the relay inside one raw read operation on the client
+// socket, which saves a system call per transaction: Go's poller forgets
+// whether a socket became readable each time a read operation starts, so
+// every start must try a read (which fails with EAGAIN when the client has
+// sent nothing yet). Inside one operation the poller keeps that state, so
+// after a read that emptied the socket the relay can wait for the client's
+// next batch without trying first.
+func (r *txRelay) runRaw(ctx context.Context) error {
+	r.ctx = ctx
+	for {
+		r.mayHaveData = true
+		err := r.c.cio.RawLoop(r.stepFn)
+		if e := r.stepErr; e != nil {
+			r.stepErr = nil
+			return e
+		}
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if err := r.idleTimedOut(); !errors.Is(err, errRetryRead) {
+				return err
+			}
+			continue
+		}
+		return err
+	}
+}
+
+// step is runRaw's callback: it relays until it must wait for the client
+// (false) or the session ends (true, with stepErr).
+func (r *txRelay) step(fd uintptr) bool {
+	r.fd = fd
+	for {
+		err := r.iterate(r.ctx)
+		if err == nil {
+			continue
+		}
+		if err == errWait {
+			return false
+		}
+		r.stepErr = err
+		return true
+	}
+}
+
+// errWait: the client has sent nothing more; wait for it.
+var errWait = errors.New("wait for the client")
+
+func (r *txRelay) iterate(ctx context.Context) error {
+	{
 		if r.be != nil && r.expecting() {
 			if err := r.readBackend(); err != nil {
 				return err
@@ -187,7 +259,7 @@ func (r *txRelay) run(ctx context.Context) error {
 			if err := r.maybeDetach(ctx); err != nil {
 				return err
 			}
-			continue
+			return nil
 		}
 		if err := r.flushClient(); err != nil {
 			return err
@@ -202,7 +274,7 @@ func (r *txRelay) run(ctx context.Context) error {
 			r.releaseIdle()
 			if err := r.readClient(); err != nil {
 				if errors.Is(err, errRetryRead) {
-					continue
+					return nil
 				}
 				return err
 			}
@@ -222,7 +294,7 @@ func (r *txRelay) run(ctx context.Context) error {
 			return err
 		}
 		if len(r.toBE) == 0 {
-			continue
+			return nil
 		}
 		if r.unsynced && !r.flushed && r.q.len() > 0 {
 			// The batch so far has no Sync. The server keeps its answers
@@ -259,7 +331,7 @@ func (r *txRelay) run(ctx context.Context) error {
 			if err := r.maybeDetach(ctx); err != nil {
 				return err
 			}
-			continue
+			return nil
 		}
 		_, err := r.be.Writer().Write(r.toBE)
 		r.toBE = r.toBE[:0]
@@ -267,6 +339,7 @@ func (r *txRelay) run(ctx context.Context) error {
 			return r.backendFailed(err)
 		}
 	}
+	return nil
 }
 
 // expecting reports whether the backend owes answers it will send without
@@ -282,13 +355,9 @@ func (r *txRelay) expecting() bool {
 // nothing pending it takes a buffer only once there is something to read.
 func (r *txRelay) readClient() error {
 	c := r.c
-	if tmo := r.idleTimeout(); tmo > 0 {
-		c.raw.SetReadDeadline(time.Now().Add(tmo))
-		r.deadlineSet = true
-	} else if r.deadlineSet {
-		// The other timeout's deadline must not fire in this state.
-		c.raw.SetReadDeadline(time.Time{})
-		r.deadlineSet = false
+	r.armIdleTimeout()
+	if r.ctx != nil {
+		return r.readClientRaw()
 	}
 	var n int
 	var err error
@@ -313,6 +382,62 @@ func (r *txRelay) readClient() error {
 		}
 		return err
 	}
+	return nil
+}
+
+// armIdleTimeout sets the client's read deadline for the wait ahead.
+func (r *txRelay) armIdleTimeout() {
+	if tmo := r.idleTimeout(); tmo > 0 {
+		r.c.raw.SetReadDeadline(time.Now().Add(tmo))
+		r.deadlineSet = true
+	} else if r.deadlineSet {
+		// The other timeout's deadline must not fire in this state.
+		r.c.raw.SetReadDeadline(time.Time{})
+		r.deadlineSet = false
+	}
+}
+
+// readClientRaw is readClient inside runRaw's read operation: it returns
+// errWait when the relay must wait for the client, without trying a read
+// when the last one emptied the socket.
+func (r *txRelay) readClientRaw() error {
+	c := r.c
+	if r.in == nil && c.br != nil && c.br.Buffered() > 0 {
+		// Bytes the client sent right behind its startup.
+		r.takeIn()
+		n, err := c.br.Read(r.in)
+		r.end = n
+		return err
+	}
+	if r.in == nil {
+		c.releaseStartupReader()
+	}
+	if !r.mayHaveData {
+		r.mayHaveData = true
+		return errWait
+	}
+	if r.in == nil {
+		r.takeIn()
+	} else if r.end == len(r.in) {
+		r.compact(len(r.in) + 1)
+	}
+	space := len(r.in) - r.end
+	n, errno := sockio.ReadFD(r.fd, r.in[r.end:])
+	switch {
+	case errno == syscall.EAGAIN:
+		if r.start == r.end {
+			r.giveIn() // wait holding no buffer
+		}
+		return errWait
+	case errno != 0:
+		return &net.OpError{Op: "read", Net: "tcp", Source: c.raw.LocalAddr(), Addr: c.raw.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	case n == 0:
+		return io.EOF
+	}
+	r.end += n
+	// A read that filled the buffer may have left bytes behind that no
+	// new readiness event will announce.
+	r.mayHaveData = n == space
 	return nil
 }
 

@@ -246,3 +246,29 @@ func PeerClosed(c net.Conn) bool {
 	})
 	return closed
 }
+
+// Raw reports whether c uses raw system calls (plain TCP), and so offers
+// RawLoop and ReadFD.
+func (s *Conn) Raw() bool { return s.rc != nil }
+
+// RawLoop runs step inside one read operation on the socket: step is called
+// with the socket's descriptor, and when it returns false the call waits
+// until the socket is readable (or its read deadline passes) and calls it
+// again; it returns when step returns true. Within one RawLoop the poller
+// remembers readiness that arrived while step was busy, so step may wait
+// without first trying a read, provided its last read did not fill its
+// buffer (a read that fills it may leave bytes no new event will announce).
+// Only for a Conn where Raw is true.
+func (s *Conn) RawLoop(step func(fd uintptr) bool) error { return s.rc.Read(step) }
+
+// ReadFD reads from a non-blocking descriptor once: the bytes read, or the
+// error number (EAGAIN: nothing to read yet).
+func ReadFD(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e == syscall.EINTR {
+			continue
+		}
+		return int(r), e
+	}
+}

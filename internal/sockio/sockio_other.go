@@ -20,3 +20,11 @@ func (s *Conn) WriteRead(w, r []byte) (int, error) {
 
 // PeerClosed cannot tell without raw socket calls: it reports false.
 func PeerClosed(c net.Conn) bool { return false }
+
+// Raw reports false: no raw system calls here.
+func (s *Conn) Raw() bool { return false }
+
+// RawLoop is not available without raw system calls.
+func (s *Conn) RawLoop(step func(fd uintptr) bool) error {
+	panic("sockio: RawLoop without raw sockets")
+}

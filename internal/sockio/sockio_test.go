@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // echoPeer answers every read with the same bytes, like a server that only
@@ -112,5 +114,78 @@ func TestWriteReadPeerClosed(t *testing.T) {
 	_, err = New(c).WriteRead([]byte("abc"), make([]byte, 8))
 	if err != io.EOF {
 		t.Fatalf("got %v, want io.EOF", err)
+	}
+}
+
+// Within one RawLoop, a step that waits without trying a read after a
+// short read is still woken by data that arrives later, including data
+// that arrived while it was busy.
+func TestRawLoopWaitsWithoutReading(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	server := <-accepted
+	defer server.Close()
+	s := New(server)
+	if !s.Raw() {
+		t.Skip("no raw sockets here")
+	}
+
+	peer.Write([]byte("a"))
+	var got []byte
+	buf := make([]byte, 64)
+	mayHaveData := true
+	rounds := 0
+	err = s.RawLoop(func(fd uintptr) bool {
+		for {
+			if !mayHaveData {
+				mayHaveData = true
+				return false // wait, no read attempt
+			}
+			n, errno := ReadFD(fd, buf)
+			if errno == syscall.EAGAIN {
+				return false
+			}
+			if errno != 0 || n == 0 {
+				t.Errorf("read: %v, %d", errno, n)
+				return true
+			}
+			got = append(got, buf[:n]...)
+			mayHaveData = n == len(buf)
+			rounds++
+			switch rounds {
+			case 1:
+				// Busy: the next message arrives before the wait.
+				peer.Write([]byte("b"))
+				time.Sleep(20 * time.Millisecond)
+			case 2:
+				go func() {
+					time.Sleep(20 * time.Millisecond)
+					peer.Write([]byte("c"))
+				}()
+			case 3:
+				return true
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "abc" {
+		t.Fatalf("got %q, want abc", got)
 	}
 }
