@@ -363,7 +363,7 @@ func (s *Server) watch() {
 	s.epoch.Store(1)
 	t := time.NewTicker(livenessInterval)
 	defer t.Stop()
-	var waiting []*clientConn
+	var waiting, skipped []*clientConn
 	for {
 		select {
 		case <-s.rootCtx.Done():
@@ -377,8 +377,20 @@ func (s *Server) watch() {
 			if w := c.waitingSince.Load(); w != 0 && w < now-1 {
 				waiting = append(waiting, c)
 			}
+			if k := c.skippedAt.Load(); k != 0 && k < now-1 && c.skippedAt.CompareAndSwap(k, 0) {
+				skipped = append(skipped, c)
+			}
 		}
 		s.mu.Unlock()
+		for _, c := range skipped {
+			// Once per such wait: an end of file that arrived before it
+			// would announce itself no more.
+			if sockio.PeerClosed(c.raw) {
+				c.clientGone.Store(true)
+				c.raw.SetReadDeadline(time.Unix(1, 0))
+			}
+		}
+		skipped = skipped[:0]
 		for _, c := range waiting {
 			w := c.waitingSince.Load()
 			if w == 0 {

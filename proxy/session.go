@@ -61,7 +61,12 @@ type clientConn struct {
 	// wait.
 	waitingSince atomic.Int64
 	verdict      atomic.Int32
-	cancelKey    uint64
+	// skippedAt is the watchdog epoch when the session began waiting for
+	// its client without a read attempt (see readClientRaw), 0 otherwise;
+	// clientGone is set by the watchdog when it found the client gone.
+	skippedAt  atomic.Int64
+	clientGone atomic.Bool
+	cancelKey  uint64
 
 	// backend is the backend serving the client, read by cancel requests
 	// from other goroutines.

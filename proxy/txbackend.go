@@ -345,6 +345,7 @@ func (r *txRelay) writeClient(b []byte) error {
 	if _, err := r.c.cio.Write(b); err != nil {
 		return errClientWrite{err}
 	}
+	r.wroteSinceRead = true
 	return nil
 }
 

@@ -101,11 +101,12 @@ type txRelay struct {
 
 	// runRaw's state: the client socket, whether it may hold bytes not
 	// read yet, and what ended the loop.
-	ctx         context.Context
-	fd          uintptr
-	mayHaveData bool
-	stepErr     error
-	stepFn      func(uintptr) bool
+	ctx            context.Context
+	fd             uintptr
+	mayHaveData    bool
+	wroteSinceRead bool
+	stepErr        error
+	stepFn         func(uintptr) bool
 
 	// custom lists the customized settings the client ever set: the
 	// settings snapshot must ask for them by name.
@@ -213,6 +214,9 @@ func (r *txRelay) runRaw(ctx context.Context) error {
 			return nil
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if r.c.clientGone.Load() {
+				return io.EOF
+			}
 			if err := r.idleTimedOut(); !errors.Is(err, errRetryRead) {
 				return err
 			}
@@ -404,8 +408,17 @@ func (r *txRelay) readClientRaw() error {
 	if r.in == nil {
 		c.releaseStartupReader()
 	}
-	if !r.mayHaveData {
+	if !r.mayHaveData && r.wroteSinceRead && r.start == r.end {
+		// The last read emptied the socket, except perhaps for the end
+		// of the stream: a read returns data and an end of file that
+		// arrived with it only on the next call, and no new readiness
+		// event announces it. The relay has written to the client since,
+		// and a client that closed its socket answers a write with a
+		// reset, which is such an event; the watchdog peeks once at a
+		// client still waiting after a second, for one that only shut
+		// down its sending side.
 		r.mayHaveData = true
+		c.skippedAt.Store(r.srv.epoch.Load())
 		return errWait
 	}
 	if r.in == nil {
@@ -427,9 +440,11 @@ func (r *txRelay) readClientRaw() error {
 		return io.EOF
 	}
 	r.end += n
+	c.skippedAt.Store(0)
 	// A read that filled the buffer may have left bytes behind that no
 	// new readiness event will announce.
 	r.mayHaveData = n == space
+	r.wroteSinceRead = false
 	return nil
 }
 
