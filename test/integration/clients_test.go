@@ -129,15 +129,7 @@ func TestPgbenchThroughSidecar(t *testing.T) {
 	pgbench := clientBinary(t, "pgbench")
 	pg := env.Postgres(t)
 	ctx := ctxT(t)
-	db := uniq("pgbench")
-	if err := pg.Exec(ctx, "create database "+db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := pg.Exec(context.Background(), "drop database if exists "+db+" with (force)"); err != nil {
-			t.Errorf("drop %s: %v", db, err)
-		}
-	})
+	db := scratchDatabase(t, ctx, pg, "pgbench")
 	// An upstream URL without a database: backends open the client's.
 	sc := startSidecar(t, pg, sidecarOptions{
 		Upstream: pg.URL(pg.SuperUser, pg.SuperPassword, ""),
@@ -178,4 +170,19 @@ func TestPgbenchThroughSidecar(t *testing.T) {
 			t.Fatalf("pgbench did not run in %s mode:\n%s", mode, out)
 		}
 	}
+}
+
+// scratchDatabase creates a database for one test, dropped at its end.
+func scratchDatabase(t testing.TB, ctx context.Context, pg *testenv.Postgres, prefix string) string {
+	t.Helper()
+	db := uniq(prefix)
+	if err := pg.Exec(ctx, "create database "+db); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pg.Exec(context.Background(), "drop database if exists "+db+" with (force)"); err != nil {
+			t.Errorf("drop %s: %v", db, err)
+		}
+	})
+	return db
 }

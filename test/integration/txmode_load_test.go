@@ -198,15 +198,7 @@ func TestTxPgbenchPrepared(t *testing.T) {
 	pgbench := clientBinary(t, "pgbench")
 	pg := env.Postgres(t)
 	ctx := ctxT(t)
-	db := uniq("txpgbench")
-	if err := pg.Exec(ctx, "create database "+db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := pg.Exec(context.Background(), "drop database if exists "+db+" with (force)"); err != nil {
-			t.Errorf("drop %s: %v", db, err)
-		}
-	})
+	db := scratchDatabase(t, ctx, pg, "txpgbench")
 	// An upstream URL without a database: backends open the client's.
 	sc := startSidecar(t, pg, sidecarOptions{
 		Upstream: pg.URL(pg.SuperUser, pg.SuperPassword, ""),

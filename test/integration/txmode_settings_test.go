@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgsidecar/pgsidecar/internal/testenv"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
@@ -44,24 +45,9 @@ func TestTxSessionSettingsIsolated(t *testing.T) {
 
 	// One unqualified table name, in a schema of its own and in public,
 	// with different contents.
-	schema, table := uniq("txsch"), uniq("txsp")
-	for _, sql := range []string{
-		"create schema " + schema,
-		fmt.Sprintf("create table %s.%s (v text)", schema, table),
-		fmt.Sprintf("insert into %s.%s values ('schema_a')", schema, table),
-		fmt.Sprintf("create table public.%s (v text)", table),
-		fmt.Sprintf("insert into public.%s values ('public')", table),
-	} {
-		if err := pg.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		pg.Exec(ctx, "drop schema "+schema+" cascade")
-		pg.Exec(ctx, "drop table public."+table)
-	})
+	schema, table := twoTables(t, ctx, pg, "txsp",
+		"(v text); insert into %s values ('schema_a')",
+		"(v text); insert into %s values ('public')")
 	direct := pgxConnect(t, directURL(pg), pgx.QueryExecModeSimpleProtocol)
 	defaultPath := queryString(t, direct, "show search_path")
 	defaultTZ := queryString(t, direct, "show TimeZone")
@@ -246,24 +232,9 @@ func TestTxStatementPreparedAfterSetInSameTransaction(t *testing.T) {
 	t.Parallel()
 	pg := env.Postgres(t)
 	ctx := ctxT(t)
-	schema, table := uniq("txsch"), uniq("txshape")
-	for _, sql := range []string{
-		"create schema " + schema,
-		fmt.Sprintf("create table %s.%s (v int)", schema, table),
-		fmt.Sprintf("insert into %s.%s values (1)", schema, table),
-		fmt.Sprintf("create table public.%s (v text, w text)", table),
-		fmt.Sprintf("insert into public.%s values ('public', 'x')", table),
-	} {
-		if err := pg.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		pg.Exec(ctx, "drop schema "+schema+" cascade")
-		pg.Exec(ctx, "drop table public."+table)
-	})
+	schema, table := twoTables(t, ctx, pg, "txshape",
+		"(v int); insert into %s values (1)",
+		"(v text, w text); insert into %s values ('public', 'x')")
 	query := "select * from " + table + " where $1::int > 0"
 	outcome := func(url string) []string {
 		a := pgxConnect(t, url, pgx.QueryExecModeCacheStatement)
@@ -302,4 +273,29 @@ func TestTxStatementPreparedAfterSetInSameTransaction(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("through the sidecar: %q\ndirectly:            %q", got, want)
 	}
+}
+
+// twoTables creates one table name twice, in a new schema and in public,
+// each from a definition suffix ("(columns); insert into %s ...", where %s
+// is the qualified name), dropped at the end of the test. It returns the
+// schema and the unqualified table name.
+func twoTables(t *testing.T, ctx context.Context, pg *testenv.Postgres, prefix, inSchema, inPublic string) (schema, table string) {
+	t.Helper()
+	schema, table = uniq("txsch"), uniq(prefix)
+	for _, sql := range []string{
+		"create schema " + schema,
+		"create table " + schema + "." + table + " " + fmt.Sprintf(inSchema, schema+"."+table),
+		"create table public." + table + " " + fmt.Sprintf(inPublic, "public."+table),
+	} {
+		if err := pg.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pg.Exec(ctx, "drop schema "+schema+" cascade")
+		pg.Exec(ctx, "drop table public."+table)
+	})
+	return schema, table
 }
