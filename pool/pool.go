@@ -439,9 +439,14 @@ func (m *Manager) Close() {
 	m.mu.Unlock()
 	close(m.stop)
 	m.wg.Wait()
+	// puddle's Close returns only when every lent connection of its pool
+	// is back: close the pools side by side, so one pool's lent
+	// connection does not keep another's idle ones open.
+	var wg sync.WaitGroup
 	for _, kp := range pools {
-		kp.p.Close()
+		wg.Go(kp.p.Close)
 	}
+	wg.Wait()
 }
 
 // maintain reaps idle and old connections and keeps MinPoolSize warm.
