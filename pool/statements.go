@@ -73,6 +73,25 @@ func (s *Statements) MarkStale(name string) {
 	delete(s.shapes, name)
 }
 
+// Orphan records that name exists on the server although the record does
+// not hold it (a Close of it was skipped after an error): like a stale
+// statement, it must be closed before it is prepared again.
+func (s *Statements) Orphan(name string) {
+	if s.stale == nil {
+		s.stale = make(map[string]bool)
+	}
+	s.stale[name] = true
+}
+
+// MarkAllStale marks every recorded statement stale: a DEALLOCATE ALL or
+// DISCARD ALL may or may not have dropped them, so each is closed (which
+// is no error if it is gone) before its next Parse.
+func (s *Statements) MarkAllStale() {
+	for name := range s.index {
+		s.MarkStale(name)
+	}
+}
+
 // Stale reports whether name was marked stale.
 func (s *Statements) Stale(name string) bool { return s.stale[name] }
 

@@ -197,6 +197,7 @@ func shapeSum(desc []byte) uint64 {
 var (
 	msgBindUnnamed    = []byte{'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0}
 	msgExecuteUnnamed = []byte{'E', 0, 0, 0, 9, 0, 0, 0, 0, 0}
+	msgCloseUnnamed   = []byte{'C', 0, 0, 0, 6, 'S', 0}
 )
 
 // appendQuery appends a simple Query message.

@@ -122,8 +122,11 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			}
 			// Inside a transaction the error must abort it, as any
 			// error would: the server raises it.
+			r.srv.countRefusal(eff.Pin)
 			r.push(respEntry{kind: 'Q'})
-			r.toBE = appendQuery(r.toBE, r.refusalSQL(eff.Pin))
+			r.toBE = appendQuery(r.toBE, raiseSQL(CodeFeatureNotSupported, eff.Pin+" is not supported in transaction pooling mode", refusalHint))
+			// A simple Query destroys the unnamed statement.
+			r.unnamed = r.unnamed[:0]
 			return nil
 		}
 		if err := r.attach(ctx); err != nil {
@@ -145,20 +148,8 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		}
 		eff := r.srv.classifier.SessionEffects(unsafe.String(unsafe.SliceData(query), len(query)))
 		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
-			r.clientSkip = true
-			if r.be == nil {
-				r.synth('E', r.refusal(eff.Pin))
-				return nil
-			}
-			// The batch (or transaction) the statement is part of must
-			// fail as a whole: the server raises the error.
-			r.toBE = appendParse(r.toBE, "", r.refusalSQL(eff.Pin))
-			r.push(respEntry{kind: 'P', action: actSwallow})
-			r.toBE = append(r.toBE, msgBindUnnamed...)
-			r.push(respEntry{kind: 'B', action: actSwallow})
-			r.toBE = append(r.toBE, msgExecuteUnnamed...)
-			r.push(respEntry{kind: 'E'})
-			r.unsynced = true
+			r.srv.countRefusal(eff.Pin)
+			r.raise(CodeFeatureNotSupported, eff.Pin+" is not supported in transaction pooling mode", refusalHint)
 			return nil
 		}
 		if len(name) == 0 {
@@ -167,14 +158,15 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			}
 			r.applyEffects(eff)
 			r.unnamed = append(r.unnamed[:0], msg...)
+			r.unnamedEff = eff
 			r.unnamedGen = r.attachGen
-			r.forwardExtended('P', msg)
+			r.push(respEntry{kind: 'P', unnamedParse: true})
+			r.toBE = append(r.toBE, msg...)
+			r.unsynced = true
 			return nil
 		}
 		if _, exists := r.stmts[string(name)]; exists {
-			r.synth('E', pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: CodeDuplicatePreparedStatement,
-				Message: fmt.Sprintf("prepared statement %q already exists", name)}))
-			r.clientSkip = true
+			r.raise(CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name), "")
 			return nil
 		}
 		key := r.set.key
@@ -229,8 +221,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			return nil
 		}
 		if def.stale {
-			r.synth('E', msgStalePlan)
-			r.clientSkip = true
+			r.raise(CodeFeatureNotSupported, "cached plan must not change result type", "")
 			return nil
 		}
 		if !r.ensurePrepared(def) {
@@ -241,8 +232,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 				// Another client prepared the statement anew after a
 				// schema change: this client's is stale.
 				def.stale = true
-				r.synth('E', msgStalePlan)
-				r.clientSkip = true
+				r.raise(CodeFeatureNotSupported, "cached plan must not change result type", "")
 				return nil
 			}
 		}
@@ -309,11 +299,13 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		}
 		r.push(respEntry{kind: 'S'})
 		r.unsynced = false
+		r.unflushed = false
 		r.execSinceSync = false
 		r.toBE = append(r.toBE, msg...)
 	case 'H':
 		if r.be != nil {
 			r.flushed = true
+			r.unflushed = false
 			r.toBE = append(r.toBE, msg...)
 		}
 	case 'F':
@@ -371,8 +363,14 @@ func (r *txRelay) push(e respEntry) {
 	if e.kind == 'S' {
 		r.errSkip = false
 	} else if r.errSkip {
-		r.undo(&e)
+		// Never counted: only what it recorded is undone.
+		if e.kind != 'Q' && e.kind != 'F' {
+			r.undo(&e)
+		}
 		return
+	}
+	if e.action != actSynth && extended(e.kind) {
+		r.unflushed = true
 	}
 	switch e.kind {
 	case 'S', 'Q', 'F':
@@ -405,10 +403,21 @@ func (r *txRelay) undo(e *respEntry) {
 		if e.server != "" && r.be != nil {
 			r.be.Statements.Remove(e.server)
 		}
+	case 'C':
+		if e.server != "" && r.be != nil {
+			// A Close of pgsidecar's the server skipped: the statement
+			// is still there.
+			r.be.Statements.Orphan(e.server)
+		}
 	case 'S', 'Q', 'F':
 		if e.action != actSynth {
 			r.awaiting--
 		}
+	}
+	if e.unnamedParse {
+		// The client's unnamed Parse failed or was skipped: on
+		// PostgreSQL it has no unnamed statement now.
+		r.unnamed = r.unnamed[:0]
 	}
 }
 
@@ -419,7 +428,7 @@ func (r *txRelay) addStatement(server string) {
 	evict, ok := r.be.Statements.Add(server, r.inUse)
 	if ok {
 		r.toBE = appendClose(r.toBE, evict)
-		r.push(respEntry{kind: 'C', action: actSwallow})
+		r.push(respEntry{kind: 'C', action: actSwallow, server: evict})
 		r.srv.stats.evictions.Add(1)
 	}
 }
@@ -443,6 +452,11 @@ func (r *txRelay) ensurePrepared(def *stmtDef) bool {
 		r.used = append(r.used, def.server)
 		return true
 	}
+	if r.errSkip {
+		// The server ignores everything up to the next Sync: nothing
+		// runs the statement, and nothing would answer a check.
+		return true
+	}
 	r.closeIfStale(def.server)
 	r.addStatement(def.server)
 	r.push(respEntry{kind: 'P', action: actSwallow, server: def.server})
@@ -464,7 +478,7 @@ func (r *txRelay) closeIfStale(server string) {
 	}
 	r.be.Statements.Remove(server)
 	r.toBE = appendClose(r.toBE, server)
-	r.push(respEntry{kind: 'C', action: actSwallow})
+	r.push(respEntry{kind: 'C', action: actSwallow, server: server})
 }
 
 // applyEffects notes what a statement about to run does to the session.
@@ -476,7 +490,10 @@ func (r *txRelay) applyEffects(e sqlinfo.Effects) {
 		// The server drops every prepared statement on this backend,
 		// including the ones pgsidecar made; the client's are gone too.
 		clear(r.stmts)
-		r.be.Statements.Clear()
+		// Whether the statement succeeds is known only later: the
+		// backend's statements are closed before their next use, which
+		// is harmless if they are gone.
+		r.be.Statements.MarkAllStale()
 	}
 	if e.Pin != "" && r.pin == "" {
 		r.pin = e.Pin
@@ -522,26 +539,61 @@ func startsWithD(q []byte) bool {
 // Describe of the unnamed statement finds the session on another attach
 // than the one that parsed it (another client may have replaced it).
 func (r *txRelay) ensureUnnamed() {
-	if len(r.unnamed) == 0 || r.unnamedGen == r.attachGen {
+	if r.unnamedGen == r.attachGen || r.errSkip {
 		return
 	}
-	r.toBE = append(r.toBE, r.unnamed...)
-	r.push(respEntry{kind: 'P', action: actSwallow})
 	r.unnamedGen = r.attachGen
+	if len(r.unnamed) == 0 {
+		// The backend's unnamed statement is another client's: drop it,
+		// so the server answers as PostgreSQL would this client (no
+		// unnamed statement).
+		r.toBE = append(r.toBE, msgCloseUnnamed...)
+		r.push(respEntry{kind: 'C', action: actSwallow})
+		return
+	}
+	r.applyEffects(r.unnamedEff)
+	r.toBE = append(r.toBE, r.unnamed...)
+	r.push(respEntry{kind: 'P', action: actSwallow, unnamedParse: true})
 	r.srv.stats.lazyParses.Add(1)
 }
 
-// refusalSQL raises, on the server, the error for a statement that needs
-// a pinned session when pinning is off.
-func (r *txRelay) refusalSQL(feature string) string {
-	r.srv.countRefusal(feature)
+const refusalHint = "Enable pin_on_session_state, or use session pooling for this client."
+
+// raiseSQL is a statement that fails with the given SQLSTATE and message.
+func raiseSQL(code, message, hint string) string {
 	var b strings.Builder
-	b.WriteString("DO $pgsidecar$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = ")
-	quoteLiteral(&b, feature+" is not supported in transaction pooling mode")
-	b.WriteString(", HINT = ")
-	quoteLiteral(&b, "Enable pin_on_session_state, or use session pooling for this client.")
+	b.WriteString("DO $pgsidecar$BEGIN RAISE EXCEPTION USING ERRCODE = ")
+	quoteLiteral(&b, code)
+	b.WriteString(", MESSAGE = ")
+	quoteLiteral(&b, message)
+	if hint != "" {
+		b.WriteString(", HINT = ")
+		quoteLiteral(&b, hint)
+	}
 	b.WriteString("; END$pgsidecar$")
 	return b.String()
+}
+
+// raise answers an extended-protocol message with an error pgsidecar
+// decided on, as PostgreSQL would: the server raises it when a backend is
+// attached, so that the transaction (or the implicit one of the batch)
+// fails with it, and the client's messages are dropped until its Sync.
+// The unnamed statement is spent on it; the client's is prepared again
+// when it is next used.
+func (r *txRelay) raise(code, message, hint string) {
+	r.clientSkip = true
+	if r.be == nil {
+		r.synth('E', pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: message, Hint: hint}))
+		return
+	}
+	r.toBE = appendParse(r.toBE, "", raiseSQL(code, message, hint))
+	r.push(respEntry{kind: 'P', action: actSwallow})
+	r.toBE = append(r.toBE, msgBindUnnamed...)
+	r.push(respEntry{kind: 'B', action: actSwallow})
+	r.toBE = append(r.toBE, msgExecuteUnnamed...)
+	r.push(respEntry{kind: 'E'})
+	r.unsynced = true
+	r.unnamedGen = 0
 }
 
 // refusal is the error for a statement that needs a pinned session when

@@ -43,6 +43,8 @@ type respEntry struct {
 	// match what the client knows. retry: the Bind's batch may be run
 	// again if the server refuses the statement's cached plan.
 	capture, check, retry bool
+	// unnamedParse: the client's own Parse of its unnamed statement.
+	unnamedParse bool
 	// replayAt is where the entry's client message starts in the copy of
 	// a batch kept for a retry; -1 when there is none.
 	replayAt int

@@ -52,7 +52,10 @@ type txRelay struct {
 	q        respQueue
 	awaiting int  // Sync, Query and FunctionCall entries in q
 	flushed  bool // the client sent Flush while answers were owed
-	unsynced bool // extended-protocol messages forwarded since the last Sync
+	// unflushed: extended-protocol messages were queued after the last
+	// Flush or Sync sent to the backend.
+	unflushed bool
+	unsynced  bool // extended-protocol messages forwarded since the last Sync
 	// errSkip: the backend reported an error in an extended batch and is
 	// ignoring everything until the client's next Sync.
 	errSkip bool
@@ -115,6 +118,7 @@ type txRelay struct {
 	// backend changes hands: its Parse is kept and sent again before a
 	// Bind or Describe that finds the session on another attach.
 	unnamed    []byte
+	unnamedEff sqlinfo.Effects
 	unnamedGen uint64 // attachGen when unnamed was last parsed on the backend
 	attachGen  uint64
 	// deadlineSet: the client socket has a read deadline armed by an
@@ -284,6 +288,7 @@ func (r *txRelay) iterate(ctx context.Context) error {
 			r.pending = true
 			r.toBE = append(r.toBE, 'H', 0, 0, 0, 4)
 			r.flushed = true
+			r.unflushed = false
 		}
 		r.emitSynth()
 		if err := r.flushClient(); err != nil {
@@ -292,7 +297,7 @@ func (r *txRelay) iterate(ctx context.Context) error {
 		if len(r.toBE) == 0 {
 			return nil
 		}
-		if r.unsynced && !r.flushed && r.q.len() > 0 {
+		if r.unsynced && r.unflushed && r.q.len() > 0 {
 			// The batch so far has no Sync. The server keeps its answers
 			// until a Sync or Flush, or sends them when it must (a COPY
 			// FROM STDIN starting, a full buffer), and the client may be
@@ -301,6 +306,7 @@ func (r *txRelay) iterate(ctx context.Context) error {
 			// relay knows what to wait for.
 			r.toBE = append(r.toBE, 'H', 0, 0, 0, 4)
 			r.flushed = true
+			r.unflushed = false
 		}
 		if quiet && r.expecting() {
 			// The backend owes nothing and has sent nothing: write the

@@ -381,3 +381,102 @@ func FuzzTxRelay(f *testing.F) {
 		}
 	})
 }
+
+// A Bind that needs a shape check, after an Execute the server fails in
+// the same batch: the server skips to the Sync, so nothing is checked and
+// the relay must not pause again and again (review finding).
+func TestTxRelayNoPauseWhileTheServerSkips(t *testing.T) {
+	be := newTestBackend(10)
+	tr := newTestRelay(t, be)
+	r := tr.r
+	s1 := newStmtDef([]byte("select 1/0"), []byte{0, 0}, "", sqlinfo.Effects{})
+	s2 := newStmtDef([]byte("select 2"), []byte{0, 0}, "", sqlinfo.Effects{})
+	s2.shape = []byte{0, 0}
+	r.stmts = map[string]*stmtDef{"s1": s1, "s2": s2}
+	be.Statements.Add(s1.server, nil)
+	var in []byte
+	for _, m := range []pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{}, &pgproto3.Sync{}} {
+		in, _ = m.Encode(in)
+	}
+	r.in, r.start, r.end = in, 0, len(in)
+	if err := r.processClient(context.Background()); err != errPause {
+		t.Fatalf("first pass: %v, want errPause for the shape check", err)
+	}
+	tr.backendSends(1<<20, bindComplete, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012", Message: "division by zero"})
+	if !r.errSkip {
+		t.Fatal("errSkip not set after the error")
+	}
+	r.toBE = r.toBE[:0]
+	if err := r.processClient(context.Background()); err != nil {
+		t.Fatalf("second pass: %v, want the rest of the batch forwarded", err)
+	}
+	if got := frontendNames(t, r.toBE); strings.Join(got, " ") != "B:server E: S:" {
+		t.Fatalf("sent %v", got)
+	}
+	if got := types(t, tr.backendSends(1<<20, rfqIdle)); got != "2EZ" {
+		t.Fatalf("client got %q over the batch, want 2EZ", got)
+	}
+}
+
+// A client Flush followed by more messages in the same read: the later
+// messages need a Flush of pgsidecar's own, or their answers never come.
+func TestTxRelayFlushCoversLaterMessages(t *testing.T) {
+	tr := newTestRelay(t, newTestBackend(10))
+	tr.clientSends(&pgproto3.Parse{Query: "select 1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{},
+		&pgproto3.Parse{Query: "select 2"}, &pgproto3.Bind{}, &pgproto3.Execute{})
+	if !tr.r.unflushed {
+		t.Fatal("messages after the client's Flush are not marked unflushed")
+	}
+	tr.clientSends(&pgproto3.Flush{})
+	if tr.r.unflushed {
+		t.Fatal("still unflushed after a Flush")
+	}
+}
+
+// An eviction's Close that the server skips after an error leaves the
+// statement on the server: it is closed before it is prepared again.
+func TestTxRelaySkippedEvictionIsClosedLater(t *testing.T) {
+	be := newTestBackend(1)
+	tr := newTestRelay(t, be)
+	tr.clientSends(&pgproto3.Parse{Name: "a", Query: "select 1"}, &pgproto3.Sync{})
+	tr.backendSends(1<<20, parseComplete, rfqIdle)
+	a := tr.r.stmts["a"].server
+	sent := tr.clientSends(&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Name: "b", Query: "select 2"}, &pgproto3.Sync{})
+	if got := strings.Join(frontendNames(t, sent), " "); got != "P: B: E: C:server P:server S:" {
+		t.Fatalf("sent %s", got)
+	}
+	tr.backendSends(1<<20, parseComplete, bindComplete, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012"}, rfqIdle)
+	if !be.Statements.Stale(a) {
+		t.Fatal("the skipped Close left no trace: the next Parse of it would fail with 42P05")
+	}
+	other := newTestRelay(t, be)
+	sent = other.clientSends(&pgproto3.Parse{Name: "x", Query: "select 1"}, &pgproto3.Sync{})
+	if got := strings.Join(frontendNames(t, sent), " "); !strings.HasPrefix(got, "C:server P:server") {
+		t.Fatalf("sent %s, want the orphan closed before its Parse", got)
+	}
+}
+
+// A Query the server skips after an error was never counted as owed.
+func TestTxRelaySkippedQueryIsNotCounted(t *testing.T) {
+	tr := newTestRelay(t, newTestBackend(10))
+	tr.clientSends(&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
+	tr.backendSends(1<<20, parseComplete, bindComplete, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012"})
+	tr.clientSends(&pgproto3.Query{String: "select 2"}, &pgproto3.Sync{})
+	if tr.r.awaiting != 1 {
+		t.Fatalf("awaiting %d, want 1 (the Sync)", tr.r.awaiting)
+	}
+}
+
+// A Bind of the unnamed statement by a client that has none, on a backend
+// another client left its unnamed statement on: the server must answer
+// that there is none, not run the other client's query.
+func TestTxRelayForeignUnnamedStatementIsDropped(t *testing.T) {
+	tr := newTestRelay(t, newTestBackend(10))
+	tr.r.attachGen = 1
+	sent := tr.clientSends(&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := strings.Join(frontendNames(t, sent), " "); got != "C: B: E: S:" {
+		t.Fatalf("sent %s, want the unnamed statement closed first", got)
+	}
+}
