@@ -326,9 +326,13 @@ func (s *Server) closeAll() int {
 	n := len(s.sessions)
 	for c := range s.sessions {
 		c.raw.Close()
+		// Under cancelMu, so the deadline cannot land on a backend the
+		// session has just handed back to another.
+		c.cancelMu.Lock()
 		if be := c.backend.Load(); be != nil {
 			be.NetConn().SetDeadline(time.Now())
 		}
+		c.cancelMu.Unlock()
 	}
 	s.mu.Unlock()
 	s.rootCancel()
