@@ -158,6 +158,10 @@ func (c *Conn) Exchange(ctx context.Context, msgs []byte) error {
 	}
 }
 
+// Sock is the backend socket for raw reads (sockio.Conn.RawLoop); only
+// when Reader has nothing buffered.
+func (c *Conn) Sock() *sockio.Conn { return c.sock }
+
 // PID is the backend's process id.
 func (c *Conn) PID() uint32 { return c.pid }
 

@@ -127,7 +127,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.serving.Store(true)
 	// The watchdog ends with the root context, which Shutdown cancels
 	// once the sessions are done.
-	s.watchOnce.Do(func() { go s.watch() })
+	s.watchOnce.Do(func() {
+		s.epoch.Store(1)
+		go s.watch()
+	})
 
 	stop := context.AfterFunc(ctx, func() { s.closeAll() })
 	defer stop()
@@ -364,7 +367,6 @@ const (
 // client closed its connection or whose wait passed query_timeout. Sessions
 // pay two atomic stores per wait for this, instead of timer operations.
 func (s *Server) watch() {
-	s.epoch.Store(1)
 	t := time.NewTicker(livenessInterval)
 	defer t.Stop()
 	var waiting, skipped []*clientConn

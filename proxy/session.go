@@ -286,25 +286,9 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn, pending [
 	c.cs.max = c.srv.cfg.MaxMessageBytes
 	carry := 0
 	w := be.Writer()
-	for {
-		if c.srv.draining.Load() && carry == 0 && c.idle() {
-			// Shutdown may have tried to wake us before we were reading.
-			return errDrain
-		}
-		var n int
-		var rerr error
-		if len(pending) > 0 {
-			n = copy(buf[carry:], pending)
-			pending = pending[n:]
-		} else if c.br != nil && c.br.Buffered() > 0 {
-			// Bytes the client sent right behind its startup.
-			n, rerr = c.br.Read(buf[carry:])
-		} else {
-			if c.br != nil {
-				c.releaseStartupReader()
-			}
-			n, rerr = c.cio.Read(buf[carry:])
-		}
+	var result error
+	// handle forwards what one read added to the carried bytes.
+	handle := func(n int, rerr error) bool {
 		n += carry
 		fwd, term, serr := c.cs.scan(buf[:n], c.copyIn.Load())
 		if c.cs.copyEnded {
@@ -315,27 +299,70 @@ func (c *clientConn) forwardClient(ctx context.Context, be *pool.Conn, pending [
 		if fwd > 0 {
 			c.syncs.Store(c.cs.syncs)
 			if _, err := w.Write(buf[:fwd]); err != nil {
-				return errBackendWrite{err}
+				result = errBackendWrite{err}
+				return true
 			}
 		}
 		switch {
 		case term:
-			return nil
+			return true
 		case serr != nil:
-			return serr
+			result = serr
+			return true
 		}
 		carry = copy(buf, buf[fwd:n])
 		if rerr != nil {
-			if c.srv.draining.Load() && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			if c.srv.draining.Load() && errors.Is(rerr, os.ErrDeadlineExceeded) && !c.clientGone.Load() {
 				if c.idle() {
-					return errDrain
+					result = errDrain
+					return true
 				}
 				c.raw.SetReadDeadline(time.Time{})
-				continue
+				return false
 			}
-			return rerr
+			result = rerr
+			return true
+		}
+		return false
+	}
+	// Bytes already read: the rest of a pinned session's last batch, and
+	// what the client sent right behind its startup.
+	for len(pending) > 0 {
+		n := copy(buf[carry:], pending)
+		pending = pending[n:]
+		if handle(n, nil) {
+			return result
 		}
 	}
+	for c.br != nil && c.br.Buffered() > 0 {
+		n, err := c.br.Read(buf[carry:])
+		if handle(n, err) {
+			return result
+		}
+	}
+	c.releaseStartupReader()
+	loop := chunkLoop{
+		s:      c.cio,
+		buf:    func() []byte { return buf[carry:] },
+		handle: handle,
+		beforeWait: func() bool {
+			if c.srv.draining.Load() && carry == 0 && c.idle() {
+				// Shutdown may have tried to wake us before we were reading.
+				result = errDrain
+				return true
+			}
+			return false
+		},
+		// A client that closes after a whole message is answered, and
+		// answers the answer with a reset, which wakes the wait; the
+		// watchdog peeks once at one that only shut its sending side. An
+		// unfinished message is read on, to see its end.
+		maySkip:   func() bool { return carry == 0 && c.cs.atBoundary() },
+		skippedAt: &c.skippedAt,
+		epoch:     &c.srv.epoch,
+	}
+	loop.run()
+	return result
 }
 
 var errDrain = errors.New("session closed for shutdown")
@@ -357,11 +384,9 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 	bufp := forwardBuffers.Get().(*[]byte)
 	defer forwardBuffers.Put(bufp)
 	buf := *bufp
-	r := be.Reader()
 	var res pumpResult
 	var copyStarts int64
-	for {
-		n, rerr := r.Read(buf)
+	handle := func(n int, rerr error) bool {
 		if n > 0 {
 			if err := c.bs.scan(buf[:n]); err != nil {
 				res.err = err
@@ -369,7 +394,7 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 					c.log.Error("backend sent a malformed message; closing the session", "backend_pid", be.PID(), "err", err)
 					c.raw.Close()
 				}
-				break
+				return true
 			}
 			if c.bs.copyStarts != copyStarts {
 				copyStarts = c.bs.copyStarts
@@ -392,7 +417,7 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 		if rerr != nil {
 			if c.stopping.Load() && errors.Is(rerr, os.ErrDeadlineExceeded) && c.bs.atBoundary() {
 				res.clean = true
-				break
+				return true
 			}
 			res.err = rerr
 			if !c.stopping.Load() {
@@ -404,12 +429,31 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 				}
 				c.raw.Close()
 			}
-			break
+			return true
 		}
 		if c.stopping.Load() && c.bs.atBoundary() && c.syncs.Load() == c.bs.rfqs {
 			res.clean = true
-			break
+			return true
 		}
+		return false
+	}
+	stopped := false
+	if r := be.Reader(); r.Buffered() > 0 {
+		// Answers the pool's own exchange read ahead (none, normally).
+		n, err := r.Read(buf)
+		stopped = handle(n, err)
+	}
+	if !stopped {
+		loop := chunkLoop{
+			s:      be.Sock(),
+			buf:    func() []byte { return buf },
+			handle: handle,
+			// A backend that dies after a whole message has nothing more
+			// to say, and the next write to it brings a reset; one that
+			// dies mid-message is read on, to see its end.
+			maySkip: c.bs.atBoundary,
+		}
+		loop.run()
 	}
 	c.pumpDone <- res
 }

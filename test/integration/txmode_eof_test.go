@@ -1,8 +1,7 @@
 package integration
 
-// How transaction mode notices that a client went away. It waits for a
-// client's next batch without a read attempt when the last read emptied the
-// socket, but an end of file that arrived together with the last bytes is
+// How the relay notices that a client went away. It waits for a client's
+// next batch without a read attempt when the last read emptied the socket, but an end of file that arrived together with the last bytes is
 // only reported by a later read and by no new readiness event. These tests
 // close clients in each of the ways that leave such an end of file behind.
 
@@ -19,11 +18,19 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
-func TestTxClientClosesRightAfterItsLastBytes(t *testing.T) {
-	t.Parallel()
+func TestClientClosesRightAfterItsLastBytes(t *testing.T) {
+	for _, mode := range []proxy.PoolMode{proxy.PoolModeSession, proxy.PoolModeTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			clientClosesRightAfterItsLastBytes(t, mode)
+		})
+	}
+}
+
+func clientClosesRightAfterItsLastBytes(t *testing.T, mode proxy.PoolMode) {
 	pg := env.Postgres(t)
 	sc := startSidecar(t, pg, sidecarOptions{
-		Proxy: proxy.Config{PoolMode: proxy.PoolModeTransaction, QueryWaitTimeout: 10 * time.Second},
+		Proxy: proxy.Config{PoolMode: mode, QueryWaitTimeout: 10 * time.Second},
 		Pool:  pool.Config{PoolSize: 1},
 	})
 	gone := func(what string) {
