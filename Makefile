@@ -67,13 +67,23 @@ test-short: ## tests that need no servers
 	$(GO) test -short ./...
 
 # go test -fuzz takes one package and one target at a time, so each Fuzz
-# function found in a *_test.go file gets its own run.
+# function found in a *_test.go file gets its own run. Go before 1.27 can
+# end a -fuzztime run with a bare "context deadline exceeded" when a busy
+# worker misses the stop (golang/go#75804): with no failing input written,
+# that run is tried once more; a real finding always writes one.
 fuzz: ## run every Fuzz function for $(FUZZTIME)
-	@found=0; \
+	@found=0; log="$$(mktemp)"; trap 'rm -f "$$log"' EXIT; \
 	while IFS=: read -r file fn; do \
 		found=1; pkg="./$$(dirname "$$file")"; \
-		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) "$$pkg"; \
+		for attempt in 1 2; do \
+			echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+			if $(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) "$$pkg" 2>&1 | tee "$$log"; then break; fi; \
+			if [[ $$attempt == 1 ]] && grep -q 'context deadline exceeded' "$$log" && ! grep -q 'Failing input written' "$$log"; then \
+				echo "fuzz: $$fn stopped on Go's -fuzztime race (golang/go#75804), not on a finding; running it again"; \
+				continue; \
+			fi; \
+			exit 1; \
+		done; \
 	done < <(grep -rHo --include='*_test.go' --exclude-dir=testdata --exclude-dir=.git \
 		-E '^func Fuzz[A-Za-z0-9_]*\(' . | sed -E 's|^\./||; s|:func (Fuzz[A-Za-z0-9_]*)\($$|:\1|' | sort); \
 	if [[ $$found == 0 ]]; then echo "fuzz: no Fuzz functions found"; fi
