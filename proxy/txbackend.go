@@ -181,11 +181,6 @@ const (
 	maxShape     = 256 << 10
 )
 
-// msgStalePlan is PostgreSQL's answer to a Bind of a statement whose
-// result shape changed since the client prepared it.
-var msgStalePlan = pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: CodeFeatureNotSupported,
-	Message: "cached plan must not change result type", Routine: "RevalidateCachedQuery"})
-
 // messageEnd finishes the current backend message, which ended at i.
 func (r *txRelay) messageEnd(p []byte, i int) {
 	if r.collect && r.curType == 'S' {

@@ -116,7 +116,8 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		eff := r.lastQueryEffects(body[:len(body)-1], text)
 		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
 			if r.be == nil {
-				r.synth('E', r.refusal(eff.Pin))
+				r.srv.countRefusal(eff.Pin)
+				r.synth('E', errorMsg(CodeFeatureNotSupported, refusalMessage(eff.Pin), refusalHint))
 				r.synth('Z', nil)
 				return nil
 			}
@@ -124,7 +125,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			// error would: the server raises it.
 			r.srv.countRefusal(eff.Pin)
 			r.push(respEntry{kind: 'Q'})
-			r.toBE = appendQuery(r.toBE, raiseSQL(CodeFeatureNotSupported, eff.Pin+" is not supported in transaction pooling mode", refusalHint))
+			r.toBE = appendQuery(r.toBE, raiseSQL(CodeFeatureNotSupported, refusalMessage(eff.Pin), refusalHint))
 			// A simple Query destroys the unnamed statement.
 			r.unnamed = r.unnamed[:0]
 			return nil
@@ -149,7 +150,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		eff := r.srv.classifier.SessionEffects(unsafe.String(unsafe.SliceData(query), len(query)))
 		if eff.Pin != "" && r.srv.cfg.RejectSessionState {
 			r.srv.countRefusal(eff.Pin)
-			r.raise(CodeFeatureNotSupported, eff.Pin+" is not supported in transaction pooling mode", refusalHint)
+			r.raise(CodeFeatureNotSupported, refusalMessage(eff.Pin), refusalHint)
 			return nil
 		}
 		if len(name) == 0 {
@@ -351,7 +352,7 @@ func malformed(typ byte) error {
 
 // forwardExtended forwards an extended-protocol message unchanged.
 func (r *txRelay) forwardExtended(kind byte, msg []byte) {
-	r.push(respEntry{kind: kind})
+	r.push(respEntry{kind: kind, action: actForward})
 	r.toBE = append(r.toBE, msg...)
 	r.unsynced = true
 }
@@ -583,7 +584,7 @@ func raiseSQL(code, message, hint string) string {
 func (r *txRelay) raise(code, message, hint string) {
 	r.clientSkip = true
 	if r.be == nil {
-		r.synth('E', pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: message, Hint: hint}))
+		r.synth('E', errorMsg(code, message, hint))
 		return
 	}
 	r.toBE = appendParse(r.toBE, "", raiseSQL(code, message, hint))
@@ -596,13 +597,15 @@ func (r *txRelay) raise(code, message, hint string) {
 	r.unnamedGen = 0
 }
 
-// refusal is the error for a statement that needs a pinned session when
-// pinning is off.
-func (r *txRelay) refusal(feature string) []byte {
-	r.srv.countRefusal(feature)
-	return pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: CodeFeatureNotSupported,
-		Message: fmt.Sprintf("%s is not supported in transaction pooling mode", feature),
-		Hint:    "Enable pin_on_session_state, or use session pooling for this client."})
+// refusalMessage is the error message for a statement that needs a pinned
+// session when pinning is off.
+func refusalMessage(feature string) string {
+	return feature + " is not supported in transaction pooling mode"
+}
+
+// errorMsg is an ErrorResponse pgsidecar writes itself.
+func errorMsg(code, message, hint string) []byte {
+	return pgMsg(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: message, Hint: hint})
 }
 
 func pgMsg(m pgproto3.BackendMessage) []byte {

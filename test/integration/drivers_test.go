@@ -606,7 +606,8 @@ func TestPqCopyIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn(table, "id", "name"))
+	// lib/pq recognises COPY FROM STDIN in a prepared statement.
+	stmt, err := tx.PrepareContext(ctx, "COPY "+table+" (id, name) FROM STDIN")
 	if err != nil {
 		t.Fatal(err)
 	}
