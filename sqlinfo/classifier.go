@@ -13,19 +13,22 @@ import (
 const DefaultMaxEntries = 10000
 
 // MaxMemoTextLen is the longest text a Classifier memoises, in bytes. Longer
-// texts (bulk INSERTs, mostly) are parsed on every call. The bound keeps the
+// texts (bulk INSERTs, mostly) are parsed on every call. The bound keeps each
 // memo's memory near maxEntries × MaxMemoTextLen at worst, not maxEntries ×
-// the largest message a client may send.
+// the largest message a client may send. (An Info's lists hold names taken
+// from its text, so it stays within a small multiple of the text's size.)
 const MaxMemoTextLen = 8 << 10
 
-// Classifier memoises SessionEffects by exact text, bounded by entry count.
+// Classifier memoises SessionEffects and Analyze by exact text, each in its
+// own memo bounded by entry count (so the memory bound below applies to each).
 // It is safe for concurrent use and starts no goroutines.
 //
-// Before the memo, a lexical prefilter (no parsing, no allocation) answers
-// Effects{} for texts that contain none of the words an effect needs; those
-// are neither parsed nor memoised. One consequence: Unparsed is only reported
-// for texts that pass the prefilter. Concurrent misses on the same text are
-// collapsed into one parse.
+// Before the SessionEffects memo, a lexical prefilter (no parsing, no
+// allocation) answers Effects{} for texts that contain none of the words an
+// effect needs; those are neither parsed nor memoised. One consequence:
+// Unparsed is only reported for texts that pass the prefilter. Analyze has no
+// prefilter: every text needs its answer. Concurrent misses on the same text
+// are collapsed into one parse.
 type Classifier struct {
 	// memo maps a text to its Effects. The eviction policy (W-TinyLFU) keeps
 	// the texts that are used often; the executor runs maintenance on the
@@ -38,10 +41,18 @@ type Classifier struct {
 	// the memo, whose own view of hits and misses differs from ours.
 	counts *stats.Counter
 	parsed atomic.Uint64
+
+	// infos maps a text to its analysis, shared by every caller that asks
+	// for the text: an *Info is never written after it is stored.
+	infos      *otter.Cache[string, *Info]
+	infoLoader otter.Loader[string, *Info]
+	infoCounts *stats.Counter
+	infoParsed atomic.Uint64
 }
 
-// ClassifierStats is a snapshot of a Classifier's counters. Texts rejected by
-// the prefilter count nowhere.
+// ClassifierStats is a snapshot of a Classifier's counters. The first four
+// count SessionEffects, where texts rejected by the prefilter count nowhere;
+// the Analyze ones count Analyze.
 type ClassifierStats struct {
 	// Hits: candidate texts answered from the memo.
 	Hits uint64
@@ -52,15 +63,22 @@ type ClassifierStats struct {
 	Parsed uint64
 	// Entries: texts in the memo now (an estimate under concurrent use).
 	Entries int
+
+	// AnalyzeHits, AnalyzeMisses, AnalyzeParsed and AnalyzeEntries are the
+	// same counts for Analyze.
+	AnalyzeHits    uint64
+	AnalyzeMisses  uint64
+	AnalyzeParsed  uint64
+	AnalyzeEntries int
 }
 
-// NewClassifier returns a Classifier whose memo holds at most maxEntries
+// NewClassifier returns a Classifier whose memos each hold at most maxEntries
 // texts; maxEntries <= 0 means DefaultMaxEntries.
 func NewClassifier(maxEntries int) *Classifier {
 	if maxEntries <= 0 {
 		maxEntries = DefaultMaxEntries
 	}
-	c := &Classifier{counts: stats.NewCounter()}
+	c := &Classifier{counts: stats.NewCounter(), infoCounts: stats.NewCounter()}
 	c.memo = otter.Must(&otter.Options[string, Effects]{
 		MaximumSize: maxEntries,
 		// Maintenance inline: no goroutine of the cache's own, so a
@@ -73,6 +91,15 @@ func NewClassifier(maxEntries int) *Classifier {
 	c.loader = otter.LoaderFunc[string, Effects](func(_ context.Context, sql string) (Effects, error) {
 		c.parsed.Add(1)
 		return SessionEffects(sql), nil
+	})
+	c.infos = otter.Must(&otter.Options[string, *Info]{
+		MaximumSize: maxEntries,
+		Executor:    func(fn func()) { fn() },
+		Logger:      &otter.NoopLogger{},
+	})
+	c.infoLoader = otter.LoaderFunc[string, *Info](func(_ context.Context, sql string) (*Info, error) {
+		c.infoParsed.Add(1)
+		return Analyze(sql), nil
 	})
 	return c
 }
@@ -104,13 +131,41 @@ func (c *Classifier) SessionEffects(sql string) Effects {
 	return e
 }
 
+// Analyze returns Analyze(sql), memoised by exact text. The *Info returned is
+// shared with every other caller that asks for the same text: it, and every
+// slice in it, must be treated as read-only. Texts longer than MaxMemoTextLen
+// are analysed on every call and not memoised. A hit does not allocate.
+func (c *Classifier) Analyze(sql string) *Info {
+	if info, ok := c.infos.GetIfPresent(sql); ok {
+		c.infoCounts.RecordHits(1)
+		return info
+	}
+	c.infoCounts.RecordMisses(1)
+	if len(sql) > MaxMemoTextLen {
+		c.infoParsed.Add(1)
+		return Analyze(sql)
+	}
+	// As in SessionEffects: keep a copy of the key; the load cannot fail.
+	info, err := c.infos.Get(context.Background(), strings.Clone(sql), c.infoLoader)
+	if err != nil {
+		c.infoParsed.Add(1)
+		return Analyze(sql)
+	}
+	return info
+}
+
 // Stats returns a snapshot of the counters.
 func (c *Classifier) Stats() ClassifierStats {
 	counts := c.counts.Snapshot()
+	infoCounts := c.infoCounts.Snapshot()
 	return ClassifierStats{
-		Hits:    counts.Hits,
-		Misses:  counts.Misses,
-		Parsed:  c.parsed.Load(),
-		Entries: c.memo.EstimatedSize(),
+		Hits:           counts.Hits,
+		Misses:         counts.Misses,
+		Parsed:         c.parsed.Load(),
+		Entries:        c.memo.EstimatedSize(),
+		AnalyzeHits:    infoCounts.Hits,
+		AnalyzeMisses:  infoCounts.Misses,
+		AnalyzeParsed:  c.infoParsed.Load(),
+		AnalyzeEntries: c.infos.EstimatedSize(),
 	}
 }

@@ -2,6 +2,7 @@ package sqlinfo
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -214,6 +215,150 @@ func BenchmarkClassifierMemoHitParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if !withoutCustom(c.SessionEffects(sql)).Equal(withoutCustom(session)) {
+				b.Error("wrong answer")
+				return
+			}
+		}
+	})
+}
+
+func TestClassifierAnalyzeMatchesAnalyze(t *testing.T) {
+	c := NewClassifier(0)
+	for round := 0; round < 2; round++ { // the second round answers from the memo
+		for _, tc := range analyzeCases {
+			if got, want := c.Analyze(tc.sql), Analyze(tc.sql); !reflect.DeepEqual(got, want) {
+				t.Errorf("round %d: Classifier.Analyze(%q)\n got %+v\nwant %+v", round, tc.sql, got, want)
+			}
+		}
+	}
+	s := c.Stats()
+	if s.AnalyzeHits == 0 || s.AnalyzeHits != s.AnalyzeMisses || s.AnalyzeParsed != s.AnalyzeMisses {
+		t.Errorf("after two identical rounds: %+v, want AnalyzeHits == AnalyzeMisses == AnalyzeParsed > 0", s)
+	}
+	if s.Hits != 0 || s.Misses != 0 || s.Parsed != 0 {
+		t.Errorf("%+v: Analyze counted as SessionEffects", s)
+	}
+}
+
+func TestClassifierAnalyzeShares(t *testing.T) {
+	c := NewClassifier(0)
+	const sql = "select * from t where id = $1"
+	a, b := c.Analyze(sql), c.Analyze(sql)
+	if a != b {
+		t.Error("a memo hit returned a different *Info")
+	}
+	want := ClassifierStats{AnalyzeHits: 1, AnalyzeMisses: 1, AnalyzeParsed: 1, AnalyzeEntries: 1}
+	if s := c.Stats(); s != want {
+		t.Errorf("%+v, want %+v", s, want)
+	}
+	// An unparsed text is memoised too.
+	for i := 0; i < 2; i++ {
+		if info := c.Analyze("selec"); !info.Unparsed {
+			t.Fatalf("%+v", info)
+		}
+	}
+	if s := c.Stats(); s.AnalyzeParsed != 2 || s.AnalyzeEntries != 2 {
+		t.Errorf("after an unparsed text twice: %+v", s)
+	}
+}
+
+func TestClassifierAnalyzeLongTexts(t *testing.T) {
+	c := NewClassifier(0)
+	long := "select '" + strings.Repeat("x", MaxMemoTextLen) + "' from t"
+	for i := 0; i < 3; i++ {
+		if info := c.Analyze(long); !info.Cacheable() || names(info.Statements[0].Reads) != "t" {
+			t.Fatalf("long select: %+v", info)
+		}
+	}
+	want := ClassifierStats{AnalyzeMisses: 3, AnalyzeParsed: 3}
+	if s := c.Stats(); s != want {
+		t.Errorf("after a long text three times: %+v, want %+v", s, want)
+	}
+}
+
+func TestClassifierAnalyzeBounded(t *testing.T) {
+	const max = 16
+	c := NewClassifier(max)
+	for i := 0; i < 500; i++ {
+		c.Analyze(fmt.Sprintf("select %d from t", i))
+	}
+	c.infos.CleanUp()
+	if s := c.Stats(); s.AnalyzeEntries > max || s.AnalyzeEntries == 0 || s.AnalyzeParsed != 500 {
+		t.Errorf("after 500 distinct texts: %+v, want 1..%d entries and 500 parses", s, max)
+	}
+}
+
+func TestClassifierAnalyzeCopiesKey(t *testing.T) {
+	c := NewClassifier(0)
+	const sql = "select * from t"
+	buf := []byte(sql)
+	c.Analyze(unsafe.String(&buf[0], len(buf)))
+	copy(buf, "delete from u   ")
+	if info := c.Analyze(sql); !info.Cacheable() || c.Stats().AnalyzeHits != 1 {
+		t.Errorf("after the caller's buffer changed: %+v, %+v", info, c.Stats())
+	}
+}
+
+func TestClassifierAnalyzeConcurrent(t *testing.T) {
+	c := NewClassifier(32) // smaller than the table, so eviction runs too
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5; i++ {
+				for _, tc := range analyzeCases {
+					if got := c.Analyze(tc.sql); got.NotCacheable != tc.reason {
+						errs <- fmt.Sprintf("%q: reason %q, want %q", tc.sql, got.NotCacheable, tc.reason)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if s := c.Stats(); s.AnalyzeParsed > s.AnalyzeMisses {
+		t.Errorf("%+v: more parses than misses", s)
+	}
+}
+
+func TestClassifierAnalyzeHitDoesNotAllocate(t *testing.T) {
+	c := NewClassifier(0)
+	const sql = "select abalance from pgbench_accounts where aid = $1"
+	c.Analyze(sql)
+	if allocs := testing.AllocsPerRun(1000, func() { _ = c.Analyze(sql) }); allocs != 0 {
+		t.Errorf("memo hit allocates %v times per call", allocs)
+	}
+}
+
+func BenchmarkClassifierAnalyzeHit(b *testing.B) {
+	c := NewClassifier(0)
+	const sql = "select abalance from pgbench_accounts where aid = $1"
+	c.Analyze(sql)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.Analyze(sql).Cacheable() {
+			b.Fatal("wrong answer")
+		}
+	}
+	if s := c.Stats(); s.AnalyzeParsed != 1 {
+		b.Fatalf("%+v: a memoised text was parsed again", s)
+	}
+}
+
+func BenchmarkClassifierAnalyzeHitParallel(b *testing.B) {
+	c := NewClassifier(0)
+	const sql = "select abalance from pgbench_accounts where aid = $1"
+	c.Analyze(sql)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if !c.Analyze(sql).Cacheable() {
 				b.Error("wrong answer")
 				return
 			}
