@@ -36,6 +36,7 @@ type Conn struct {
 	pid    uint32
 	secret []byte
 	params map[string]string
+	login  string // the session user the backend logged in as
 	tlsCfg *tls.Config
 	dialer pgconn.DialFunc
 
@@ -90,10 +91,15 @@ func dial(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 		pid:    hc.PID,
 		secret: hc.SecretKey,
 		params: params,
+		login:  params["session_authorization"],
 		tlsCfg: hc.TLSConfig,
 		dialer: cfg.DialFunc,
 	}, nil
 }
+
+// LoginUser is the user the backend logged in as (its first
+// session_authorization).
+func (c *Conn) LoginUser() string { return c.login }
 
 // NetConn is the backend socket, for deadlines.
 func (c *Conn) NetConn() net.Conn { return c.nc }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/clientauth"
+	"github.com/pgsidecar/pgsidecar/resultcache"
 )
 
 // PoolMode says how long a client keeps the backend connection it was given.
@@ -92,6 +93,11 @@ type Config struct {
 	// upstream URL names no user, the passwords used to log in to the
 	// backend). Nil: no users, which only works with trust.
 	Users clientauth.Store
+
+	// Cache is the result cache. Nil: off.
+	Cache *resultcache.Cache
+	// CacheRules is the cache's policy (TTLs, allowed functions).
+	CacheRules CacheRules
 
 	// Logger receives structured logs. Nil: slog.Default().
 	Logger *slog.Logger

@@ -39,6 +39,9 @@ type stmtDef struct {
 	// the backend had the statement, so the client never got the server's
 	// own account of it.
 	sharedParse bool
+	// info is what the statement is, for the result cache (nil until
+	// needed).
+	info *sqlinfo.Info
 }
 
 // serverPrefix starts every statement name pgsidecar gives a backend.

@@ -56,6 +56,9 @@ type Server struct {
 	// classifier tells what a client's SQL does to its session
 	// (transaction mode).
 	classifier *sqlinfo.Classifier
+	// catalog remembers what the result cache learnt from PostgreSQL's
+	// catalog.
+	catalog *catalog
 
 	rootCtx    context.Context
 	rootCancel context.CancelFunc
@@ -101,6 +104,7 @@ func New(cfg Config, backends Backends) (*Server, error) {
 		auth:       clientauth.NewAuthenticator(users),
 		log:        cfg.Logger,
 		classifier: sqlinfo.NewClassifier(0),
+		catalog:    newCatalog(cfg.CacheRules.AllowFunctions),
 		rootCtx:    ctx,
 		rootCancel: cancel,
 		sessions:   make(map[*clientConn]struct{}),
@@ -298,7 +302,7 @@ func (s *Server) Shutdown(ctx context.Context) (cut int, err error) {
 		// interrupted: a read deadline that fires on a TLS connection
 		// breaks it for good.)
 		// In transaction mode a session holding no backend is idle.
-		if c.backend.Load() == nil || (!c.txMode.Load() && c.idle()) {
+		if c.backend.Load() == nil || (!c.txMode.Load() && c.idle()) || c.holdIdle.Load() {
 			c.raw.SetReadDeadline(time.Now())
 		}
 	}

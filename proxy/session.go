@@ -54,6 +54,9 @@ type clientConn struct {
 	key    pool.Key
 	mode   PoolMode
 	txMode atomic.Bool // mode, for Shutdown
+	// holdIdle: a session-mode session on the transaction relay (the
+	// cache is on) is waiting for its client between transactions.
+	holdIdle atomic.Bool
 
 	// waitingSince is the server's watchdog epoch when the session began
 	// waiting for its backend in transaction mode, 0 when it is not
@@ -129,7 +132,9 @@ func (c *clientConn) serve(ctx context.Context) {
 	defer c.srv.unregisterCancel(c.cancelKey)
 
 	c.log.Debug("client ready", "backend_pid", c.backend.Load().PID())
-	if c.mode == PoolModeTransaction {
+	if c.mode == PoolModeTransaction || c.srv.cfg.Cache != nil {
+		// With the cache on, session mode runs on the transaction relay
+		// too, keeping its backend: the cache needs to see every batch.
 		c.serveTransactions(ctx)
 		return
 	}
@@ -203,7 +208,7 @@ func (c *clientConn) login(ctx context.Context) error {
 		return fatalFrom(err)
 	}
 	sql := setConfigSQL(c.st.params, be.Params())
-	if c.mode == PoolModeTransaction {
+	if c.mode == PoolModeTransaction || s.cfg.Cache != nil {
 		// The backend may hold another client's settings.
 		sql = c.initialSettings().syncSQL(be.Settings)
 	}
@@ -399,6 +404,12 @@ func (c *clientConn) pumpBackend(be *pool.Conn) {
 			if c.bs.copyStarts != copyStarts {
 				copyStarts = c.bs.copyStarts
 				c.copyIn.Store(true)
+			}
+			if c.srv.cfg.Cache != nil && c.bs.rfqs != c.rfqs.Load() {
+				// A session pinned with the cache on: what it wrote is not
+				// followed, so every transaction it ends invalidates its
+				// database, before the client hears of the end.
+				c.srv.bump(c.key.Database, &writeSet{all: true})
 			}
 			// Status first: idle() must never pair a new count with an
 			// old status.

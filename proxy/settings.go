@@ -49,43 +49,77 @@ func (s settings) syncSQL(from string) string {
 	}
 	var b strings.Builder
 	if from != "" {
-		b.WriteString("RESET ALL")
+		// RESET ALL leaves role and session_authorization alone
+		// (GUC_NO_RESET_ALL): they are reset by name, the session
+		// authorization first since setting it resets the role.
+		b.WriteString("RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL")
 	}
 	if len(s.pairs) > 0 {
 		if b.Len() > 0 {
 			b.WriteString("; ")
 		}
-		b.WriteString(setConfigSQL(s.pairs, nil))
+		b.WriteString(setConfigSQL(authFirst(s.pairs), nil))
 	}
 	return b.String()
+}
+
+// authFirst orders pairs so that session_authorization is set before
+// role: setting the session authorization resets the role.
+func authFirst(pairs [][2]string) [][2]string {
+	for i, kv := range pairs {
+		if kv[0] == "session_authorization" && i > 0 {
+			out := make([][2]string, 0, len(pairs))
+			out = append(out, kv)
+			out = append(out, pairs[:i]...)
+			return append(out, pairs[i+1:]...)
+		}
+	}
+	return pairs
 }
 
 // snapshotSQL reads the settings a session changed: pg_settings shows
 // those whose source is the session (SET, set_config, and the startup
 // settings pgsidecar applied with set_config); role is not listed there.
-const snapshotSQL = `SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ` +
-	`UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'`
+// Operators are written OPERATOR(pg_catalog.x): the query runs with the
+// client's search_path, whose schemas could otherwise supply their own.
+// The last row is not a setting: it says whether the session holds
+// temporary relations, which pin it to its backend however they were made
+// (a CREATE TEMP TABLE inside a function or DO block is invisible to the
+// statement classifier).
+const snapshotSQL = `SELECT name, setting FROM pg_catalog.pg_settings WHERE source OPERATOR(pg_catalog.=) 'session' ` +
+	`UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') OPERATOR(pg_catalog.<>) 'none' ` +
+	`UNION ALL SELECT '` + tempRelationsRow + `', 'yes' WHERE EXISTS (SELECT FROM pg_catalog.pg_class ` +
+	`WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())`
+
+// tempRelationsRow names snapshotSQL's row that is not a setting (no
+// setting name has a space).
+const tempRelationsRow = "pgsidecar temp relations"
 
 // snapshotSettings reads be's session settings; custom names the
 // customized settings the client set, which pg_settings does not list.
-func snapshotSettings(ctx context.Context, be *pool.Conn, custom []string) (settings, error) {
-	sql := snapshotSQL
+// temp reports whether the session holds temporary relations.
+func snapshotSettings(ctx context.Context, be *pool.Conn, custom []string) (set settings, temp bool, err error) {
+	var b strings.Builder
+	b.WriteString(snapshotSQL)
+	// session_authorization is not in pg_settings either; it counts when
+	// it differs from the user the backend logged in as.
+	b.WriteString(` UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization')` +
+		` WHERE pg_catalog.current_setting('session_authorization') OPERATOR(pg_catalog.<>) `)
+	quoteLiteral(&b, be.LoginUser())
+	sql := b.String()
 	if len(custom) > 0 {
-		var b strings.Builder
-		b.WriteString(snapshotSQL)
-		b.WriteString(" UNION SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[")
-		for i, name := range custom {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			quoteLiteral(&b, name)
-		}
-		b.WriteString("]::text[]) AS n WHERE COALESCE(pg_catalog.current_setting(n, true), '') <> ''")
+		b.WriteString(" UNION SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(")
+		quoteArray(&b, custom)
+		b.WriteString("::text[]) AS n WHERE COALESCE(pg_catalog.current_setting(n, true), '') OPERATOR(pg_catalog.<>) ''")
 		sql = b.String()
 	}
 	var pairs [][2]string
 	res, err := be.Query(ctx, sql, func(v [][]byte) {
-		if len(v) == 2 {
+		switch {
+		case len(v) != 2:
+		case string(v[0]) == tempRelationsRow:
+			temp = true
+		default:
 			pairs = append(pairs, [2]string{string(v[0]), string(v[1])})
 		}
 	})
@@ -93,7 +127,7 @@ func snapshotSettings(ctx context.Context, be *pool.Conn, custom []string) (sett
 		err = errNotIdle
 	}
 	if err != nil {
-		return settings{}, err
+		return settings{}, false, err
 	}
-	return newSettings(pairs), nil
+	return newSettings(pairs), temp, nil
 }

@@ -245,6 +245,18 @@ func setConfigSQL(params [][2]string, current map[string]string) string {
 	return b.String()
 }
 
+// quoteArray writes list as ARRAY[...] of quoted literals.
+func quoteArray(b *strings.Builder, list []string) {
+	b.WriteString("ARRAY[")
+	for i, s := range list {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		quoteLiteral(b, s)
+	}
+	b.WriteByte(']')
+}
+
 // quoteLiteral writes s as an E” string literal, which means the same
 // whatever standard_conforming_strings is.
 func quoteLiteral(b *strings.Builder, s string) {

@@ -22,6 +22,8 @@ type counters struct {
 	evictions     atomic.Int64
 	replans       atomic.Int64
 
+	bypass bypassCounters // result cache bypasses by reason
+
 	reasonsMu sync.Mutex
 	pins      map[string]int64 // guarded by reasonsMu
 	refusals  map[string]int64 // guarded by reasonsMu
@@ -45,6 +47,10 @@ type Stats struct {
 	Replans       int64            // batches run again after the server refused a statement's cached plan
 	Pins          map[string]int64 // sessions pinned to their backend, by feature
 	Refusals      map[string]int64 // statements refused because pinning is off, by feature
+
+	// CacheBypass counts batches the result cache did not look up, by
+	// reason (sqlinfo's reasons and the relay's).
+	CacheBypass map[string]int64
 }
 
 // Stats returns a snapshot of s.
@@ -63,6 +69,7 @@ func (s *Server) Stats() Stats {
 		Evictions:      s.stats.evictions.Load(),
 		Replans:        s.stats.replans.Load(),
 	}
+	st.CacheBypass = s.stats.bypass.snapshot()
 	s.stats.reasonsMu.Lock()
 	st.Pins = maps.Clone(s.stats.pins)
 	st.Refusals = maps.Clone(s.stats.refusals)

@@ -117,14 +117,20 @@ func (r *txRelay) processBackend(p []byte) error {
 			r.messageEnd(p, i)
 		}
 	}
+	var err error
 	if !r.dirty {
-		return r.writeClient(p)
+		err = r.writeClient(p)
+	} else {
+		if r.seg < len(p) {
+			r.toCl = append(r.toCl, p[r.seg:]...)
+		}
+		r.seg = len(p)
+		err = r.flushClient()
 	}
-	if r.seg < len(p) {
-		r.toCl = append(r.toCl, p[r.seg:]...)
+	if r.fill.zSeen {
+		r.endFill()
 	}
-	r.seg = len(p)
-	return r.flushClient()
+	return err
 }
 
 // cut copies the chunk's pending bytes before i into toCl: from here on
@@ -233,6 +239,12 @@ func (r *txRelay) messageEnd(p []byte, i int) {
 		}
 	case r.curType == 'Z':
 		r.awaiting--
+		if r.cacheOn() {
+			r.cacheAtZ(&e, r.zStatus)
+			if r.fill.active && r.q.len() == 0 {
+				r.fill.zSeen = true
+			}
+		}
 		r.txStatus = r.zStatus
 		r.copyIn = false
 		r.copyEnds = 0
@@ -337,6 +349,9 @@ func (r *txRelay) flushClient() error {
 }
 
 func (r *txRelay) writeClient(b []byte) error {
+	if r.fill.active {
+		r.captureClient(b)
+	}
 	if _, err := r.c.cio.Write(b); err != nil {
 		return errClientWrite{err}
 	}

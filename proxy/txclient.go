@@ -100,6 +100,9 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		text := unsafe.String(unsafe.SliceData(body), len(body)-1)
 		// A simple Query destroys the unnamed statement.
 		r.unnamed = r.unnamed[:0]
+		if inner, ok := explainCacheQuery(text); ok && r.cacheOn() {
+			return r.explainCache(ctx, inner)
+		}
 		if startsWithD(body) {
 			name, ok := deallocateName(text)
 			if !ok {
@@ -134,7 +137,12 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			return err
 		}
 		r.applyEffects(eff)
-		r.push(respEntry{kind: 'Q'})
+		rollback := false
+		if r.cacheOn() {
+			r.noteWrites(r.srv.classifier.Analyze(text))
+			rollback = isLoneRollback(text)
+		}
+		r.push(respEntry{kind: 'Q', rollback: rollback})
 		r.toBE = append(r.toBE, msg...)
 	case 'P':
 		name, query, types, ok := parseBody(body)
@@ -160,6 +168,7 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			r.applyEffects(eff)
 			r.unnamed = append(r.unnamed[:0], msg...)
 			r.unnamedEff = eff
+			r.unnamedInfo = nil
 			r.unnamedGen = r.attachGen
 			r.push(respEntry{kind: 'P', unnamedParse: true})
 			r.toBE = append(r.toBE, msg...)
@@ -213,6 +222,9 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 			return err
 		}
 		def := r.stmts[string(stmt)]
+		if r.cacheOn() {
+			r.noteBindWrites(def, len(stmt) == 0)
+		}
 		if len(stmt) == 0 || def == nil {
 			// Unnamed, or unknown: the server answers for itself.
 			if len(stmt) == 0 {
@@ -313,6 +325,10 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		if err := r.attach(ctx); err != nil {
 			return err
 		}
+		if r.cacheOn() {
+			// A function called by OID: what it writes is unknown.
+			r.noteAll()
+		}
 		r.push(respEntry{kind: 'F'})
 		r.toBE = append(r.toBE, msg...)
 	case 'd':
@@ -377,6 +393,9 @@ func (r *txRelay) push(e respEntry) {
 	case 'S', 'Q', 'F':
 		if e.action != actSynth {
 			r.awaiting++
+			// The writes of the segment this message ends are bumped
+			// at its ReadyForQuery.
+			e.writes, r.segWrites = r.segWrites, nil
 		}
 	}
 	e.replayAt = -1

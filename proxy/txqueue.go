@@ -45,6 +45,10 @@ type respEntry struct {
 	capture, check, retry bool
 	// unnamedParse: the client's own Parse of its unnamed statement.
 	unnamedParse bool
+	// writes: what the segment this Sync, Query or FunctionCall ends may
+	// write (result cache); rollback: the Query is a lone ROLLBACK.
+	writes   *writeSet
+	rollback bool
 	// replayAt is where the entry's client message starts in the copy of
 	// a batch kept for a retry; -1 when there is none.
 	replayAt int

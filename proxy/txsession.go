@@ -13,6 +13,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/sockio"
 	"github.com/pgsidecar/pgsidecar/internal/wire"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/resultcache"
 	"github.com/pgsidecar/pgsidecar/sqlinfo"
 )
 
@@ -128,8 +129,23 @@ type txRelay struct {
 	lastQ       []byte // the last short simple query, and its effects
 	lastEff     sqlinfo.Effects
 
-	stmts    map[string]*stmtDef // the client's named statements
-	set      settings
+	stmts map[string]*stmtDef // the client's named statements
+	set   settings
+
+	// The result cache (cache.go): a miss being captured, the key
+	// builder, the writes of the segment being sent and of the
+	// transaction so far, and whether the transaction block began in a
+	// segment that also wrote.
+	fill        cacheFill
+	keyb        resultcache.KeyBuilder
+	segWrites   *writeSet
+	txWrites    writeSet
+	blockDirty  bool
+	unnamedInfo *sqlinfo.Info
+	// hold: session mode with the cache on; the session keeps its backend
+	// from login to the end, as the session relay would, but its batches
+	// go through this relay so the cache sees them.
+	hold     bool
 	snapshot bool     // the transaction may have changed the session's settings
 	pin      string   // why the session must keep its backend, once idle
 	used     []string // server statements the batch in flight relies on
@@ -159,14 +175,22 @@ func (c *clientConn) serveTransactions(ctx context.Context) {
 	r := &txRelay{c: c, srv: c.srv, txStatus: 'I', set: c.initialSettings()}
 	r.takeInFn, r.giveInFn = r.takeIn, r.giveIn
 	r.stepFn = r.step
-	// login left the client's backend attached; it goes back now, already
-	// holding the client's settings.
+	// login left the client's backend attached, already holding the
+	// client's settings; in transaction mode it goes back now.
 	be := c.backend.Load()
 	be.Settings = r.set.key
-	c.cancelMu.Lock()
-	c.backend.Store(nil)
-	c.cancelMu.Unlock()
-	r.srv.backends.Recycle(be)
+	if c.mode == PoolModeSession {
+		r.hold = true
+		r.be = be
+		r.attachGen++
+		r.bbufp = backendBuffers.Get().(*[]byte)
+		r.bbuf = *r.bbufp
+	} else {
+		c.cancelMu.Lock()
+		c.backend.Store(nil)
+		c.cancelMu.Unlock()
+		r.srv.backends.Recycle(be)
+	}
 
 	err := r.run(ctx)
 	if errors.Is(err, errPinned) {
@@ -268,8 +292,11 @@ func (r *txRelay) iterate(ctx context.Context) error {
 			return errTerminated
 		}
 		if !r.pending {
-			if r.be == nil && r.start == r.end && r.srv.draining.Load() {
+			if (r.be == nil || r.holdIdle()) && r.start == r.end && r.srv.draining.Load() {
 				return errDrain
+			}
+			if r.hold {
+				r.c.holdIdle.Store(r.holdIdle() && r.start == r.end)
 			}
 			r.releaseIdle()
 			if err := r.readClient(); err != nil {
@@ -277,6 +304,19 @@ func (r *txRelay) iterate(ctx context.Context) error {
 					return nil
 				}
 				return err
+			}
+		}
+		if !r.pending && r.q.len() == 0 && r.cacheOn() && len(r.toBE) == 0 && !r.clientSkip && r.start < r.end {
+			hit, err := r.cacheLookup(ctx)
+			if err != nil {
+				return err
+			}
+			if hit {
+				if err := r.flushClient(); err != nil {
+					return err
+				}
+				// A catalog lookup may have attached a backend.
+				return r.maybeDetach(ctx)
 			}
 		}
 		r.pending = false
@@ -295,7 +335,8 @@ func (r *txRelay) iterate(ctx context.Context) error {
 			return err
 		}
 		if len(r.toBE) == 0 {
-			return nil
+			// Answered locally; a backend attached for a lookup goes back.
+			return r.maybeDetach(ctx)
 		}
 		if r.unsynced && r.unflushed && r.q.len() > 0 {
 			// The batch so far has no Sync. The server keeps its answers
@@ -486,15 +527,25 @@ func (r *txRelay) releaseIdle() {
 // transaction timeout while it holds a backend, the client idle timeout
 // otherwise.
 func (r *txRelay) idleTimeout() time.Duration {
+	if r.hold {
+		// Session mode has neither timeout.
+		return 0
+	}
 	if r.be != nil {
 		return r.srv.cfg.IdleTransactionTimeout
 	}
 	return r.srv.cfg.ClientIdleTimeout
 }
 
+// holdIdle reports whether a session-mode session (hold) is between
+// transactions with nothing owed, so a drain may end it.
+func (r *txRelay) holdIdle() bool {
+	return r.hold && r.txStatus == 'I' && r.q.len() == 0 && !r.unsynced && !r.copyIn && !r.pending
+}
+
 func (r *txRelay) idleTimedOut() error {
 	if r.srv.draining.Load() {
-		if r.be == nil {
+		if r.be == nil || r.holdIdle() {
 			return errDrain
 		}
 		// Woken for the drain inside a transaction: it may finish.
@@ -557,16 +608,24 @@ func (r *txRelay) maybeDetach(ctx context.Context) error {
 	if r.snapshot {
 		r.snapshot = false
 		sctx, cancel := context.WithTimeout(ctx, drainTimeout)
-		set, err := snapshotSettings(sctx, be, r.custom)
+		set, temp, err := snapshotSettings(sctx, be, r.custom)
 		cancel()
+		// The snapshot query destroyed the backend's unnamed statement.
+		r.unnamedGen = 0
 		if err != nil {
 			return r.backendFailed(err)
 		}
 		r.set = set
 		be.Settings = set.key
+		if temp && r.pin == "" {
+			r.pin = sqlinfo.PinTempTable
+		}
 	}
 	if r.pin != "" {
 		return errPinned
+	}
+	if r.hold {
+		return nil
 	}
 	r.detach()
 	r.srv.backends.Recycle(be)
@@ -619,6 +678,12 @@ func (r *txRelay) finish(ctx context.Context, cause error) {
 	default:
 		c.log.Debug("client connection closed", "err", cause)
 	}
+	if r.fill.active {
+		r.abandonFill()
+	}
+	if r.cacheOn() {
+		r.flushPending()
+	}
 	if r.be != nil {
 		be := r.be
 		clean := !errors.As(cause, &bf) && r.q.len() == 0 && !r.unsynced && !r.copyIn && !r.errSkip && r.fs.atBoundary()
@@ -641,10 +706,15 @@ func (r *txRelay) finish(ctx context.Context, cause error) {
 			cancel()
 		}
 		r.detach()
-		if clean {
-			r.srv.backends.Recycle(be)
-		} else {
+		switch {
+		case !clean:
 			r.srv.destroyBackend(be)
+		case r.hold:
+			// Session mode: the backend holds whatever the session left
+			// on it, seen or not; the reset query clears it.
+			r.srv.releaseBackend(ctx, be)
+		default:
+			r.srv.backends.Recycle(be)
 		}
 	}
 	r.giveIn()
@@ -656,6 +726,9 @@ func (r *txRelay) finish(ctx context.Context, cause error) {
 // own names, then the bytes already read are passed on.
 func (r *txRelay) handover(ctx context.Context) {
 	c, be := r.c, r.be
+	if r.fill.active {
+		r.abandonFill()
+	}
 	r.srv.countPin(r.pin)
 	c.log.Debug("session pinned to its backend", "reason", r.pin, "backend_pid", be.PID())
 	if len(r.stmts) > 0 {

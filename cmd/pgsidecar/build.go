@@ -16,6 +16,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/clientauth"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
+	"github.com/pgsidecar/pgsidecar/resultcache"
 )
 
 // built is a Config checked and turned into what the packages take: files
@@ -27,6 +28,10 @@ type built struct {
 	logJSON  bool
 	// warnings are legal but risky choices, logged once the logger exists.
 	warnings []string
+	// The result cache, when cacheOn.
+	cacheOn  bool
+	cache    resultcache.Config
+	redisURL string
 }
 
 // build validates c and turns it into the proxy and pool configurations. It
@@ -196,6 +201,31 @@ func (c Config) build() (built, error) {
 		CheckDelay:            disableIfZero(c.ServerCheckDelay),
 		ResetQuery:            resetQuery,
 	}
+	if c.Cache.Enabled {
+		b.cacheOn = true
+		b.redisURL = c.Cache.Redis
+		mem := c.Cache.MemoryBytes
+		switch {
+		case mem < 0:
+			bad("cache.memory_bytes must not be negative (0: no memory tier), got %d", mem)
+		case mem == 0 && c.Cache.Redis == "":
+			bad("cache.memory_bytes is 0 (no memory tier) and cache.redis is empty: the cache would have no tier")
+		case mem == 0:
+			mem = -1 // resultcache's spelling of "no memory tier"
+		}
+		b.cache = resultcache.Config{
+			MemoryBytes:   mem,
+			MaxEntryBytes: c.Cache.MaxEntryBytes,
+			DefaultTTL:    c.Cache.DefaultTTL,
+			RedisTimeout:  c.Cache.RedisTimeout,
+			MaxStaleness:  c.Cache.MaxStaleness,
+		}
+		rules, err := c.Cache.rules()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		b.proxy.CacheRules = rules
+	}
 	// Validate takes a pointer; check copies so nothing leaks back.
 	proxyCfg, poolCfg := b.proxy, b.pool
 	errs = append(errs, proxyCfg.Validate(), poolCfg.Validate())
@@ -353,4 +383,38 @@ func splitPoolModes(dbs map[string]string) (map[string]string, map[string]proxy.
 		urls[name] = u.String()
 	}
 	return urls, modes, errors.Join(errs...)
+}
+
+// rules turns the cache's file-only rules into the proxy's policy.
+func (c CacheConfig) rules() (proxy.CacheRules, error) {
+	r := proxy.CacheRules{DefaultTTL: c.DefaultTTL, AllowFunctions: c.AllowFunctions}
+	var errs []error
+	ttl := func(what, v string) time.Duration {
+		if strings.EqualFold(strings.TrimSpace(v), "never") {
+			return 0
+		}
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("cache.%s: want a positive duration or \"never\", got %q", what, v))
+		}
+		return d
+	}
+	if len(c.Tables) > 0 {
+		r.Tables = make(map[string]time.Duration, len(c.Tables))
+		for name, v := range c.Tables {
+			r.Tables[name] = ttl("tables."+name, v)
+		}
+	}
+	if len(c.Fingerprints) > 0 {
+		r.Fingerprints = make(map[uint64]time.Duration, len(c.Fingerprints))
+		for fp, v := range c.Fingerprints {
+			n, err := strconv.ParseUint(strings.TrimPrefix(fp, "0x"), 16, 64)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cache.fingerprints: %q is not a hexadecimal pg_query fingerprint", fp))
+				continue
+			}
+			r.Fingerprints[n] = ttl("fingerprints."+fp, v)
+		}
+	}
+	return r, errors.Join(errs...)
 }

@@ -56,8 +56,27 @@ type Config struct {
 	ReservePoolSize        int           `mapstructure:"reserve_pool_size" yaml:"reserve_pool_size"`
 	ReservePoolTimeout     time.Duration `mapstructure:"reserve_pool_timeout" yaml:"reserve_pool_timeout"`
 
-	TLS TLSConfig `mapstructure:"tls" yaml:"tls"`
-	Log LogConfig `mapstructure:"log" yaml:"log"`
+	TLS   TLSConfig   `mapstructure:"tls" yaml:"tls"`
+	Log   LogConfig   `mapstructure:"log" yaml:"log"`
+	Cache CacheConfig `mapstructure:"cache" yaml:"cache"`
+}
+
+// CacheConfig is the result cache section.
+type CacheConfig struct {
+	Enabled       bool          `mapstructure:"enabled" yaml:"enabled"`
+	Redis         string        `mapstructure:"redis" yaml:"redis"`
+	MemoryBytes   int64         `mapstructure:"memory_bytes" yaml:"memory_bytes"`
+	MaxEntryBytes int           `mapstructure:"max_entry_bytes" yaml:"max_entry_bytes"`
+	DefaultTTL    time.Duration `mapstructure:"default_ttl" yaml:"default_ttl"`
+	RedisTimeout  time.Duration `mapstructure:"redis_timeout" yaml:"redis_timeout"`
+	MaxStaleness  time.Duration `mapstructure:"max_staleness" yaml:"max_staleness"`
+	// Tables and Fingerprints map a bare table name, or a pg_query
+	// fingerprint in hex, to a TTL ("30s") or "never". File-only.
+	Tables       map[string]string `mapstructure:"tables" yaml:"tables"`
+	Fingerprints map[string]string `mapstructure:"fingerprints" yaml:"fingerprints"`
+	// AllowFunctions names functions the operator vouches for: answers
+	// calling them may be cached. File-only.
+	AllowFunctions []string `mapstructure:"allow_functions" yaml:"allow_functions"`
 }
 
 // TLSConfig is the client-facing TLS section.
@@ -116,6 +135,13 @@ var settings = []setting{
 	{"tls.cert_file", "tls-cert-file", "", "PEM certificate for client TLS"},
 	{"tls.key_file", "tls-key-file", "", "PEM private key for client TLS"},
 	{"tls.client_mode", "tls-client-mode", "allow", "client TLS policy: disable, allow or require"},
+	{"cache.enabled", "cache", false, "answer cacheable read-only queries from the result cache (off by default)"},
+	{"cache.redis", "redis", "", "Redis URL of the cache tier shared by every sidecar (redis://host:port/db; empty: memory only)"},
+	{"cache.memory_bytes", "cache-memory-bytes", int64(64 << 20), "memory tier budget in bytes (0: no memory tier, Redis only)"},
+	{"cache.max_entry_bytes", "cache-max-entry-bytes", 1 << 20, "larger answers are never cached, in bytes"},
+	{"cache.default_ttl", "cache-default-ttl", 60 * time.Second, "how long a cached answer lives unless a rule or hint says otherwise"},
+	{"cache.redis_timeout", "cache-redis-timeout", 5 * time.Millisecond, "longest a client waits for Redis; slower is a miss"},
+	{"cache.max_staleness", "cache-max-staleness", 250 * time.Millisecond, "with Redis: longest another sidecar may serve an answer older than a write through this one"},
 	{"log.level", "log-level", "info", "log level: debug, info, warn or error"},
 	{"log.format", "log-format", "text", "log format: text or json"},
 }
@@ -149,6 +175,8 @@ func newFlagSet(opts *cliOptions) *pflag.FlagSet {
 			fs.String(s.flag, d, usage)
 		case int:
 			fs.Int(s.flag, d, usage)
+		case int64:
+			fs.Int64(s.flag, d, usage)
 		case time.Duration:
 			fs.Duration(s.flag, d, usage)
 		case bool:

@@ -123,6 +123,10 @@ func TestDefaultsWithoutFile(t *testing.T) {
 			"client_idle_timeout": cfg.ClientIdleTimeout, "idle_transaction_timeout": cfg.IdleTransactionTimeout,
 			"query_timeout": cfg.QueryTimeout, "reserve_pool_size": cfg.ReservePoolSize,
 			"reserve_pool_timeout": cfg.ReservePoolTimeout,
+			"cache.enabled":        cfg.Cache.Enabled, "cache.redis": cfg.Cache.Redis,
+			"cache.memory_bytes": cfg.Cache.MemoryBytes, "cache.max_entry_bytes": cfg.Cache.MaxEntryBytes,
+			"cache.default_ttl": cfg.Cache.DefaultTTL, "cache.redis_timeout": cfg.Cache.RedisTimeout,
+			"cache.max_staleness": cfg.Cache.MaxStaleness,
 		}
 		got, ok := v[s.key]
 		if !ok {
@@ -491,5 +495,47 @@ users:
 	t.Setenv("PGSIDECAR_USERS", "\"broken")
 	if _, err := parse(t, "--config", path); err == nil || !strings.Contains(err.Error(), "PGSIDECAR_USERS") {
 		t.Fatalf("a malformed PGSIDECAR_USERS must be reported, got %v", err)
+	}
+}
+
+func TestCacheConfig(t *testing.T) {
+	t.Setenv("PGSIDECAR_CACHE", "true")
+	cfg := mustParse(t, "--upstream", "postgres://u@h/db", "--redis", "redis://:secret@127.0.0.1:6379/0", "--cache-memory-bytes", "0")
+	if !cfg.Cache.Enabled || cfg.Cache.Redis == "" || cfg.Cache.MemoryBytes != 0 {
+		t.Fatalf("cache config = %+v", cfg.Cache)
+	}
+	if s := cfg.String(); strings.Contains(s, "secret") {
+		t.Errorf("the Redis password is printed:\n%s", s)
+	}
+	b, err := cfg.build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.cacheOn || b.cache.MemoryBytes >= 0 || b.redisURL == "" {
+		t.Errorf("built cache = on %v, %+v, redis %q; want on, no memory tier, redis", b.cacheOn, b.cache, b.redisURL)
+	}
+
+	cfg.Cache.Redis = ""
+	if _, err := cfg.build(); err == nil || !strings.Contains(err.Error(), "no tier") {
+		t.Errorf("a cache with no tier: err = %v", err)
+	}
+	cfg.Cache.MemoryBytes = 1 << 20
+	cfg.Cache.Tables = map[string]string{"hot": "5s", "audit": "never", "bad": "soon"}
+	cfg.Cache.Fingerprints = map[string]string{"0xab": "1m", "zz": "1m"}
+	_, err = cfg.build()
+	for _, want := range []string{`cache.tables.bad`, `"zz" is not a hexadecimal`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("bad rules: err = %v, want it to mention %s", err, want)
+		}
+	}
+	delete(cfg.Cache.Tables, "bad")
+	delete(cfg.Cache.Fingerprints, "zz")
+	b, err = cfg.build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := b.proxy.CacheRules
+	if r.Tables["hot"] != 5*time.Second || r.Tables["audit"] != 0 || r.Fingerprints[0xab] != time.Minute {
+		t.Errorf("rules = %+v", r)
 	}
 }

@@ -45,6 +45,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("tls_certificate", r.TLS.CertFile != ""),
 		slog.String("shutdown_timeout", r.ShutdownTimeout.String()),
 		slog.String("shutdown_grace", r.ShutdownGrace.String()),
+		slog.Bool("cache", r.Cache.Enabled),
+		slog.String("redis", r.Cache.Redis),
 	)
 }
 
@@ -52,6 +54,7 @@ func (c Config) LogValue() slog.Value {
 func (c Config) redact() Config {
 	r := c
 	r.Upstream = redactURL(c.Upstream)
+	r.Cache.Redis = redactURL(c.Cache.Redis)
 	if c.Databases != nil {
 		r.Databases = make(map[string]string, len(c.Databases))
 		for name, u := range c.Databases {

@@ -12,8 +12,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgsidecar/pgsidecar/metrics"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
+	"github.com/pgsidecar/pgsidecar/resultcache"
+	"github.com/pgsidecar/pgsidecar/resultcache/redisstore"
 )
 
 // Exit codes.
@@ -132,6 +139,14 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return configError(err)
 	}
 	defer manager.Close() // also closed in order by sidecar.run; idempotent
+	var cache *resultcache.Cache
+	if b.cacheOn {
+		if cache, err = openCache(ctx, b, log); err != nil {
+			return runtimeError(err)
+		}
+		defer cache.Close()
+		b.proxy.Cache = cache
+	}
 	b.proxy.Logger = log.With("component", "proxy")
 	server, err := proxy.New(b.proxy, manager)
 	if err != nil {
@@ -149,6 +164,7 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	sc := newSidecar(server, manager, log)
+	sc.metrics = metricsHandler(server, cache)
 	sc.shutdownTimeout, sc.shutdownGrace = cfg.ShutdownTimeout, cfg.ShutdownGrace
 	if err := sc.run(ctx, ln, httpLn); err != nil {
 		log.Error("pgsidecar failed", "err", err)
@@ -218,6 +234,8 @@ type sidecar struct {
 	sleep           sleepFunc
 
 	startup *startupState
+	// metrics serves /metrics; nil: no such route.
+	metrics http.Handler
 }
 
 func newSidecar(p proxyServer, u upstream, log *slog.Logger) *sidecar {
@@ -237,8 +255,12 @@ func newSidecar(p proxyServer, u upstream, log *slog.Logger) *sidecar {
 // goroutineExitTimeout, when it returns.
 func (s *sidecar) run(ctx context.Context, ln, httpLn net.Listener) error {
 	s.startup.listening.Store(true)
+	mux := newMux(health{Proxy: s.proxy, Upstream: s.upstream, Startup: s.startup})
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics)
+	}
 	httpSrv := &http.Server{
-		Handler:           newMux(health{Proxy: s.proxy, Upstream: s.upstream, Startup: s.startup}),
+		Handler:           mux,
 		ReadHeaderTimeout: httpReadHeaderTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
@@ -333,4 +355,33 @@ func (s *sidecar) shutdownProxy(parent context.Context, graceful bool) {
 	default:
 		s.log.Info("proxy stopped", "connections_cut", 0)
 	}
+}
+
+// openCache builds the result cache, with its Redis tier when one is
+// configured. A Redis that cannot be reached at start is not fatal: the
+// cache treats it as it treats Redis failing later (misses, and tables not
+// trusted there until their versions reach it).
+func openCache(ctx context.Context, b built, log *slog.Logger) (*resultcache.Cache, error) {
+	cfg := b.cache
+	cfg.Logger = log.With("component", "cache")
+	var remote resultcache.Remote
+	if b.redisURL != "" {
+		store, err := redisstore.New(ctx, b.redisURL)
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		remote = store
+	}
+	return resultcache.New(cfg, remote)
+}
+
+// metricsHandler serves the Prometheus registry built here, in main: Go
+// runtime and process metrics, and the cache's when it is on.
+func metricsHandler(server *proxy.Server, cache *resultcache.Cache) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cache != nil {
+		reg.MustRegister(metrics.NewCacheCollector(cache, func() map[string]int64 { return server.Stats().CacheBypass }))
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
