@@ -28,6 +28,7 @@ var env testenv.Shared
 func TestMain(m *testing.M) {
 	code := m.Run()
 	env.Close()
+	removeCacheBinary()
 	os.Exit(code)
 }
 
@@ -172,8 +173,11 @@ func users(t testing.TB, pairs ...string) clientauth.MapStore {
 	return s
 }
 
+// ctxT bounds a test's calls. Parallel subtests may share their parent's
+// context and start only once other parallel tests free a slot, so the
+// bound is generous: it catches hangs, not slowness.
 func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }

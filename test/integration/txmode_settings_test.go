@@ -299,3 +299,34 @@ func twoTables(t *testing.T, ctx context.Context, pg *testenv.Postgres, prefix, 
 	})
 	return schema, table
 }
+
+// TestTxRoleIsolated: SET ROLE and SET SESSION AUTHORIZATION stay with the
+// client that ran them. RESET ALL leaves both alone (PostgreSQL marks them
+// GUC_NO_RESET_ALL), so a backend that served such a client must have them
+// reset by name before another client's transaction.
+func TestTxRoleIsolated(t *testing.T) {
+	t.Parallel()
+	pg := env.Postgres(t)
+	ctx := ctxT(t)
+	role := uniq("txrole")
+	if err := pg.Exec(ctx, "create role "+role); err != nil {
+		t.Fatal(err)
+	}
+	sc := txSidecar(t, pg, 1, proxy.Config{}, pool.Config{})
+	a := pgxConnect(t, sc.SuperURL(pg), pgx.QueryExecModeCacheStatement)
+	b := pgxConnect(t, sc.SuperURL(pg), pgx.QueryExecModeCacheStatement)
+	if pa, pb := backendPID(t, a), backendPID(t, b); pa != pb {
+		t.Fatalf("clients on backends %d and %d; the pool has one", pa, pb)
+	}
+	for _, set := range []string{"set role " + role, "set session authorization " + role} {
+		mustExec(t, a, set)
+		for i := range 3 {
+			expectString(t, fmt.Sprintf("A after %q, turn %d", set, i), a, "select current_user::text", role)
+			expectString(t, fmt.Sprintf("B after A's %q, turn %d", set, i), b, "select current_user::text", pg.SuperUser)
+			expectString(t, "B's session user", b, "select session_user::text", pg.SuperUser)
+		}
+		mustExec(t, a, "reset session authorization")
+		mustExec(t, a, "reset role")
+		expectString(t, "A after its resets", a, "select current_user::text", pg.SuperUser)
+	}
+}
