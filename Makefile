@@ -22,7 +22,7 @@ TESTFUZZTIME ?= 5s
 TESTTIMEOUT ?= 25m
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build run deps test check fmt-check vet tidy-check test-race test-short fuzz bench lint clean
+.PHONY: help build run deps test check fmt-check vet tidy-check test-race test-short fuzz bench bench-cache lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -90,9 +90,12 @@ fuzz: ## run every Fuzz function for $(FUZZTIME)
 
 # BENCHFLAGS go to test/bench, e.g. BENCHFLAGS='-duration 5s -clients 32,256'.
 BENCHFLAGS ?=
-bench: build deps ## Go hot-path benchmarks, then pgbench: PostgreSQL direct vs pgsidecar vs PgBouncer
+bench: build deps ## Go hot-path benchmarks, then pgbench: pooling vs PgBouncer, result cache vs pgpool-II
 	$(GO) test -run='^$$' -bench=. -benchmem ./proxy/ ./internal/...
 	$(GO) run ./test/bench -sidecar ./$(BIN) $(BENCHFLAGS)
+
+bench-cache: build deps ## pgbench result-cache workload only: PostgreSQL vs pgsidecar's cache tiers vs pgpool-II
+	$(GO) run ./test/bench -sidecar ./$(BIN) -workload cache $(BENCHFLAGS)
 
 lint: fmt-check vet ## gofmt, go vet and staticcheck
 	$(STATICCHECK) ./...

@@ -1,5 +1,6 @@
-// Command bench measures pgsidecar against PostgreSQL directly and against
-// PgBouncer, in one run, on one throwaway PostgreSQL server:
+// Command bench measures pgsidecar against PostgreSQL directly, against
+// PgBouncer and against pgpool-II, in one run, on one throwaway PostgreSQL
+// server. The pool workload (-workload pool) is:
 //
 //   - pgbench select-only (-S) workloads with -M simple, extended and
 //     prepared at each -clients count, and with -C (a new connection per
@@ -8,6 +9,14 @@
 //     and ratios;
 //   - a memory probe: -mem-clients idle client connections held open on each
 //     proxy, reported as resident memory per idle client.
+//
+// The result-cache workload (-workload cache, see cache.go) runs a read that
+// costs PostgreSQL a few milliseconds, alone and 9:1 with an UPDATE that
+// invalidates, through PostgreSQL, pgsidecar with its cache off, with its
+// memory tier and with Redis only, and pgpool-II with its query cache,
+// reported as TPS, p50 and p99 latency, hit ratio and ratios; then the
+// latency of a memory-tier hit against a SELECT 1 through pgsidecar. Both
+// workloads run by default, pool first.
 //
 // Both proxies run in -pool-mode (transaction by default) with the same pool
 // size. A pgsidecar that refuses the pool mode is reported as n/a and the
@@ -46,9 +55,17 @@ const (
 // The bench's database, owned by its role.
 const benchUser, benchPassword, benchDB = "bench", "bench-password", "bench"
 
+// The workloads, as -workload spells them.
+const (
+	workloadPool  = "pool"
+	workloadCache = "cache"
+)
+
 type options struct {
+	workloads      []string
 	sidecar        string
 	pgbouncer      string
+	pgpool         string
 	duration       time.Duration
 	clients        []int
 	connectClients []int
@@ -59,13 +76,21 @@ type options struct {
 	threads        int
 	memClients     int
 	jsonPath       string
+	cacheModes     []string
+	cacheClients   int
+	cacheKeys      int
+	cacheTTL       time.Duration
 }
+
+func (o *options) has(workload string) bool { return slices.Contains(o.workloads, workload) }
 
 func main() {
 	var o options
-	var clients, connectClients, modes string
+	var clients, connectClients, modes, workloads, cacheModes string
+	flag.StringVar(&workloads, "workload", "pool,cache", "comma-separated workloads: pool (pgbench -S and the memory probe, vs PgBouncer), cache (the result cache, vs pgpool-II)")
 	flag.StringVar(&o.sidecar, "sidecar", "bin/pgsidecar", "pgsidecar binary")
 	flag.StringVar(&o.pgbouncer, "pgbouncer", "", "pgbouncer binary (default: from PATH or /usr/sbin; skipped when absent)")
+	flag.StringVar(&o.pgpool, "pgpool", "", "pgpool binary, for the cache workload (default: from PATH or /usr/sbin; skipped when absent)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (whole seconds)")
 	flag.StringVar(&clients, "clients", "32,256", "comma-separated pgbench client counts for the simple, extended and prepared modes")
 	flag.StringVar(&connectClients, "connect-clients", "32", "comma-separated pgbench client counts for the connect mode")
@@ -76,6 +101,10 @@ func main() {
 	flag.IntVar(&o.threads, "threads", 2, "pgbench -j")
 	flag.IntVar(&o.memClients, "mem-clients", 5000, "idle clients held open on each proxy by the memory probe (0 skips the probe)")
 	flag.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
+	flag.StringVar(&cacheModes, "cache-modes", "simple,prepared", "comma-separated pgbench -M modes of the cache workload")
+	flag.IntVar(&o.cacheClients, "cache-clients", 32, "pgbench clients of the cache workload")
+	flag.IntVar(&o.cacheKeys, "cache-keys", 300, "distinct keys of the cache workload's read query")
+	flag.DurationVar(&o.cacheTTL, "cache-ttl", 5*time.Minute, "pgsidecar --cache-default-ttl in the cache workload (long enough to outlive the read rows)")
 	flag.Parse()
 
 	var errs []error
@@ -87,6 +116,8 @@ func main() {
 		errs = append(errs, fmt.Errorf("-connect-clients: %w", err))
 	}
 	o.modes = strings.Split(modes, ",")
+	o.workloads = strings.Split(workloads, ",")
+	o.cacheModes = strings.Split(cacheModes, ",")
 	if err := o.validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -120,6 +151,20 @@ func (o *options) validate() error {
 			errs = append(errs, fmt.Errorf("-modes: unknown mode %q (simple, extended, prepared or connect)", m))
 		}
 	}
+	for _, w := range o.workloads {
+		if w != workloadPool && w != workloadCache {
+			errs = append(errs, fmt.Errorf("-workload: unknown workload %q (pool or cache)", w))
+		}
+	}
+	if err := validateCacheModes(o.cacheModes); err != nil {
+		errs = append(errs, err)
+	}
+	if o.cacheClients <= 0 || o.cacheKeys <= 0 {
+		errs = append(errs, errors.New("-cache-clients and -cache-keys must be positive"))
+	}
+	if o.cacheTTL <= 0 {
+		errs = append(errs, fmt.Errorf("-cache-ttl must be positive, got %s", o.cacheTTL))
+	}
 	if o.poolMode != sessionMode && o.poolMode != transactionMode {
 		errs = append(errs, fmt.Errorf("-pool-mode must be session or transaction, got %q", o.poolMode))
 	}
@@ -141,6 +186,9 @@ type rowSpec struct {
 
 func (o *options) rows() []rowSpec {
 	var rows []rowSpec
+	if !o.has(workloadPool) {
+		return nil
+	}
 	for _, m := range o.modes {
 		counts := o.clients
 		if m == "connect" {
@@ -155,7 +203,14 @@ func (o *options) rows() []rowSpec {
 
 // maxClients is the largest pgbench client count of the run.
 func (o *options) maxClients() int {
-	return max(slices.Max(o.clients), slices.Max(o.connectClients))
+	n := 0
+	if o.has(workloadPool) {
+		n = max(slices.Max(o.clients), slices.Max(o.connectClients))
+	}
+	if o.has(workloadCache) {
+		n = max(n, o.cacheClients)
+	}
+	return n
 }
 
 // proxyPoolSize is the pool size of a proxy in mode for the pgbench runs. In
@@ -182,10 +237,19 @@ func run(ctx context.Context, o options) error {
 	if o.pgbouncer == "" {
 		o.pgbouncer = findPgBouncer()
 	}
-	var pbVersion version
-	if o.pgbouncer != "" {
+	var pbVersion, ppVersion version
+	if o.pgbouncer != "" && o.has(workloadPool) {
 		var err error
 		if pbVersion, err = pgbouncerVersion(o.pgbouncer); err != nil {
+			return err
+		}
+	}
+	if o.pgpool == "" {
+		o.pgpool = findPgpool()
+	}
+	if o.pgpool != "" && o.has(workloadCache) {
+		var err error
+		if ppVersion, err = pgpoolVersion(o.pgpool); err != nil {
 			return err
 		}
 	}
@@ -197,7 +261,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	plan := newPlan(o, pbVersion)
+	plan := newPlan(o, pbVersion, ppVersion)
 	plan.print(nofile)
 
 	tmp, err := os.MkdirTemp("", "pgsidecar-bench-")
@@ -226,14 +290,42 @@ func run(ctx context.Context, o options) error {
 	}
 	up := upstream{host: pg.Host, port: pg.Port}
 
+	var rep report
+	rep.setup(o, plan)
+	if o.has(workloadPool) {
+		if err := runPool(ctx, o, plan, env, tmp, up, &rep); err != nil {
+			return err
+		}
+	}
+	if o.has(workloadCache) {
+		fmt.Println()
+		if rep.Cache, err = runCache(ctx, o, plan, env, tmp, pg, up); err != nil {
+			return err
+		}
+		fmt.Println()
+		if err := rep.printCache(os.Stdout); err != nil {
+			return err
+		}
+	}
+
+	if o.jsonPath != "" {
+		if err := rep.writeJSON(o.jsonPath); err != nil {
+			return err
+		}
+		fmt.Printf("\nresults written to %s\n", o.jsonPath)
+	}
+	fmt.Printf("\ntotal time %s (planned about %s)\n", time.Since(began).Round(time.Second), plan.total.Round(time.Second))
+	return nil
+}
+
+// runPool runs the pool workload: the pgbench -S rows, then the memory
+// probe.
+func runPool(ctx context.Context, o options, plan runPlan, env []string, tmp string, up upstream, rep *report) error {
 	targets, err := startTargets(ctx, o, plan, tmp, up)
 	defer targets.stop()
 	if err != nil {
 		return err
 	}
-
-	var rep report
-	rep.setup(o, plan)
 	for _, r := range o.rows() {
 		res := rowResult{Mode: r.mode, Clients: r.clients, Targets: map[string]*runResult{}}
 		for _, lane := range lanes {
@@ -249,7 +341,7 @@ func run(ctx context.Context, o options) error {
 				continue
 			}
 			fmt.Printf("pgbench -S -M %s -c %d -T %s via %s ...\n", r.mode, r.clients, o.duration, ep.label())
-			rr := pgbench(ctx, env, o, tmp, ep, r.mode, r.clients)
+			rr := pgbench(ctx, env, o, tmp, ep, selectOnly, r.mode, r.clients)
 			if rr.NA != "" {
 				fmt.Printf("  n/a: %s\n", rr.NA)
 				res.Notes = append(res.Notes, lane+" n/a ("+rr.NA+")")
@@ -273,14 +365,6 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-
-	if o.jsonPath != "" {
-		if err := rep.writeJSON(o.jsonPath); err != nil {
-			return err
-		}
-		fmt.Printf("\nresults written to %s\n", o.jsonPath)
-	}
-	fmt.Printf("\ntotal time %s (planned about %s)\n", time.Since(began).Round(time.Second), plan.total.Round(time.Second))
 	return nil
 }
 
@@ -288,7 +372,9 @@ func run(ctx context.Context, o options) error {
 type runPlan struct {
 	o              options
 	pgbouncer      version // zero: no PgBouncer
-	runs           int     // pgbench runs
+	pgpool         version // zero: no pgpool-II
+	runs           int     // pgbench runs of the pool workload
+	cacheRuns      int     // pgbench runs of the cache workload
 	total          time.Duration
 	maxConnections int // PostgreSQL max_connections
 }
@@ -296,30 +382,47 @@ type runPlan struct {
 // Rough costs on the 2-core development machine, for the printed estimate.
 const (
 	setupCost      = 20 * time.Second // initdb, pgbench -i at scale 10, proxies
+	cacheSetupCost = 10 * time.Second // the index, Redis, three pgsidecars, pgpool-II
 	perRunOverhead = 3 * time.Second  // warm-up, connection phase, log parsing
 	perProbeCost   = 15 * time.Second // 5,000 logins, two settle waits, closing
 )
 
-func newPlan(o options, pb version) runPlan {
-	p := runPlan{o: o, pgbouncer: pb}
+func newPlan(o options, pb, pp version) runPlan {
+	p := runPlan{o: o, pgbouncer: pb, pgpool: pp}
 	targets := 2
 	if !pb.isZero() {
 		targets = 3
 	}
 	p.runs = len(o.rows()) * targets
 	p.total = setupCost + time.Duration(p.runs)*(o.duration+perRunOverhead)
-	if o.memClients > 0 {
+	if o.has(workloadPool) && o.memClients > 0 {
 		p.total += time.Duration(targets-1) * perProbeCost * time.Duration(max(1, o.memClients/5000))
 	}
 	// PostgreSQL directly takes the largest client count; each proxy keeps
 	// up to its pool of backends open (idle ones too) for the whole run;
 	// plus superuser_reserved_connections and slack.
-	conns := o.maxClients() + o.proxyPoolSize(o.poolMode)
-	if !pb.isZero() {
-		conns += o.proxyPoolSize(o.poolMode)
-		if p.pgbouncerPreparedInSession() {
-			conns += o.proxyPoolSize(sessionMode)
+	conns := 0
+	if o.has(workloadPool) {
+		conns = o.maxClients() + o.proxyPoolSize(o.poolMode)
+		if !pb.isZero() {
+			conns += o.proxyPoolSize(o.poolMode)
+			if p.pgbouncerPreparedInSession() {
+				conns += o.proxyPoolSize(sessionMode)
+			}
 		}
+	}
+	if o.has(workloadCache) {
+		// PostgreSQL directly, three pgsidecars, and pgpool-II: a backend per
+		// child.
+		cacheTargets := 4
+		cacheConns := o.cacheClients + 3*o.proxyPoolSize(o.poolMode)
+		if !pp.isZero() {
+			cacheTargets++
+			cacheConns += o.cacheClients + pgpoolChildMargin
+		}
+		p.cacheRuns = len(cacheWorkloads)*len(o.cacheModes)*cacheTargets + 2 // + the latency probe
+		p.total += cacheSetupCost + time.Duration(p.cacheRuns)*(o.duration+perRunOverhead)
+		conns = max(conns, cacheConns)
 	}
 	p.maxConnections = max(400, conns+20)
 	return p
@@ -335,22 +438,35 @@ func (p runPlan) pgbouncerPreparedInSession() bool {
 
 func (p runPlan) print(nofile uint64) {
 	o := p.o
-	pb := "PgBouncer not installed: PostgreSQL and pgsidecar only"
-	if !p.pgbouncer.isZero() {
-		pb = "PgBouncer " + p.pgbouncer.String()
+	if o.has(workloadPool) {
+		pb := "PgBouncer not installed: PostgreSQL and pgsidecar only"
+		if !p.pgbouncer.isZero() {
+			pb = "PgBouncer " + p.pgbouncer.String()
+		}
+		fmt.Printf("plan: pgbench -S, modes %s, clients %s (connect: %s), pool mode %s, pool size %d, %s, %d cores, open files limit %d\n",
+			strings.Join(o.modes, ","), joinInts(o.clients), joinInts(o.connectClients), o.poolMode, o.proxyPoolSize(o.poolMode), pb, numCPU(), nofile)
+		if p.pgbouncerPreparedInSession() {
+			fmt.Printf("plan: PgBouncer %s lacks max_prepared_statements (1.21+): its -M prepared rows run on a second PgBouncer in session mode, pool size %d\n",
+				p.pgbouncer, o.proxyPoolSize(sessionMode))
+		}
+		probe := "no memory probe"
+		if o.memClients > 0 {
+			probe = fmt.Sprintf("memory probe with %d idle clients per proxy", o.memClients)
+		}
+		fmt.Printf("plan: %d pgbench runs x %s = %s, plus setup and %s\n",
+			p.runs, o.duration, time.Duration(p.runs)*o.duration, probe)
 	}
-	fmt.Printf("plan: pgbench -S, modes %s, clients %s (connect: %s), pool mode %s, pool size %d, %s, %d cores, open files limit %d\n",
-		strings.Join(o.modes, ","), joinInts(o.clients), joinInts(o.connectClients), o.poolMode, o.proxyPoolSize(o.poolMode), pb, numCPU(), nofile)
-	if p.pgbouncerPreparedInSession() {
-		fmt.Printf("plan: PgBouncer %s lacks max_prepared_statements (1.21+): its -M prepared rows run on a second PgBouncer in session mode, pool size %d\n",
-			p.pgbouncer, o.proxyPoolSize(sessionMode))
+	if o.has(workloadCache) {
+		pp := "pgpool-II " + p.pgpool.String()
+		if p.pgpool.isZero() {
+			pp = pgpoolMissing + " (its column will be n/a)"
+		}
+		fmt.Printf("plan: result cache: read and 90/10 read/write scripts, modes %s, %d clients, %d keys; PostgreSQL, pgsidecar (cache off, memory tier, Redis only), %s\n",
+			strings.Join(o.cacheModes, ","), o.cacheClients, o.cacheKeys, pp)
+		fmt.Printf("plan: result cache: %d pgbench runs x %s = %s (with the 1-client latency probe)\n",
+			p.cacheRuns, o.duration, time.Duration(p.cacheRuns)*o.duration)
 	}
-	probe := "no memory probe"
-	if o.memClients > 0 {
-		probe = fmt.Sprintf("memory probe with %d idle clients per proxy", o.memClients)
-	}
-	fmt.Printf("plan: %d pgbench runs x %s = %s, plus setup and %s: about %s in all\n\n",
-		p.runs, o.duration, time.Duration(p.runs)*o.duration, probe, p.total.Round(time.Second))
+	fmt.Printf("plan: about %s in all\n\n", p.total.Round(time.Second))
 }
 
 func joinInts(ns []int) string {

@@ -18,10 +18,17 @@ import (
 type runResult struct {
 	Target      string  `json:"target,omitempty"` // e.g. "pgbouncer (session mode, pool 256)"
 	TPS         float64 `json:"tps"`
+	P50Ms       float64 `json:"p50_ms"`
 	P99Ms       float64 `json:"p99_ms"`
 	Txns        int64   `json:"transactions"`
 	CPUUsPerTxn float64 `json:"proxy_cpu_us_per_txn,omitempty"` // proxy user+system CPU; 0 for PostgreSQL
 	NA          string  `json:"na,omitempty"`                   // why there are no figures
+	// Result cache lookups in the measured run, for a target with a cache
+	// whose counters can be read: hits / (hits + misses), hits by tier, and
+	// misses. HitRatio is nil when unknown.
+	HitRatio   *float64         `json:"hit_ratio,omitempty"`
+	HitsByTier map[string]int64 `json:"cache_hits,omitempty"`
+	Misses     int64            `json:"cache_misses,omitempty"`
 }
 
 const (
@@ -38,11 +45,21 @@ var (
 	errorRE = regexp.MustCompile(`(?i)error|fatal|abort|failed|could not|timed out`)
 )
 
-// pgbench runs pgbench -S through ep. A failed run is a result with NA set,
-// so one target's failure does not end the bench.
-func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoint, mode string, clients int) runResult {
+// script is what pgbench runs: its script arguments, the built-in -S or
+// custom files (-f file@weight).
+type script struct {
+	name string   // for messages and log names, e.g. "-S"
+	args []string // e.g. {"-S"}, or {"-f", "read.sql@9", "-f", "write.sql@1"}
+}
+
+// selectOnly is pgbench's built-in select-only script.
+var selectOnly = script{name: "-S", args: []string{"-S"}}
+
+// pgbench runs s through ep. A failed run is a result with NA set, so one
+// target's failure does not end the bench.
+func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoint, s script, mode string, clients int) runResult {
 	res := runResult{Target: ep.label()}
-	prefix := filepath.Join(dir, fmt.Sprintf("log-%s-%s-%s-%d", ep.name, ep.poolMode, mode, clients))
+	prefix := filepath.Join(dir, fmt.Sprintf("log-%s-%s-%s-%s-%d", ep.name, ep.poolMode, strings.Trim(s.name, "-"), mode, clients))
 	defer removeLogs(prefix)
 	ctx, cancel := context.WithTimeout(ctx, warmup+o.duration+2*pgbenchGrace)
 	defer cancel()
@@ -54,7 +71,7 @@ func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoi
 			return res
 		}
 	}
-	cmd := exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, mode, clients, warmup, "")...)
+	cmd := exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, s, mode, clients, warmup, "")...)
 	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		res.NA = "warm-up failed: " + errorLine(out)
@@ -64,11 +81,17 @@ func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoi
 		return res
 	}
 
-	cmd = exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, mode, clients, o.duration, prefix)...)
+	cmd = exec.CommandContext(ctx, "pgbench", pgbenchArgs(o, ep, s, mode, clients, o.duration, prefix)...)
 	cmd.Env = env
+	hits0, hitsErr := readHits(ctx, ep)
 	cpu0 := cpuTime(ep.pid)
 	out, err := cmd.CombinedOutput()
 	cpu1 := cpuTime(ep.pid)
+	if hitsErr == nil {
+		if hits1, err := readHits(ctx, ep); err == nil {
+			res.setHits(hits0, hits1)
+		}
+	}
 	switch {
 	case ctx.Err() != nil:
 		res.NA = "pgbench killed, run too long"
@@ -98,6 +121,7 @@ func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoi
 		res.NA = err.Error()
 		return res
 	}
+	res.P50Ms = float64(percentile(lat, 0.50).Microseconds()) / 1e3
 	res.P99Ms = float64(percentile(lat, 0.99).Microseconds()) / 1e3
 	if ep.pid != 0 && res.Txns > 0 {
 		res.CPUUsPerTxn = float64((cpu1 - cpu0).Nanoseconds()) / 1e3 / float64(res.Txns)
@@ -124,14 +148,14 @@ func fillPool(ctx context.Context, port, n int) error {
 	return nil
 }
 
-// pgbenchArgs are the arguments of a select-only run through ep for d;
-// with a logPrefix, per-transaction latencies are logged there.
-func pgbenchArgs(o options, ep endpoint, mode string, clients int, d time.Duration, logPrefix string) []string {
+// pgbenchArgs are the arguments of a run of s through ep for d; with a
+// logPrefix, per-transaction latencies are logged there.
+func pgbenchArgs(o options, ep endpoint, s script, mode string, clients int, d time.Duration, logPrefix string) []string {
 	proto := []string{"-M", mode}
 	if mode == "connect" {
 		proto = []string{"-M", "simple", "-C"}
 	}
-	args := append([]string{"-n", "-S"}, proto...)
+	args := append(append([]string{"-n"}, s.args...), proto...)
 	args = append(args, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(o.threads, clients)),
 		"-T", strconv.Itoa(int(d.Seconds())))
 	if logPrefix != "" {
@@ -226,4 +250,12 @@ func cpuTime(pid int) time.Duration {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
 	return time.Duration(ut+st) * time.Second / clkTck
+}
+
+// readHits reads ep's cache counters; errNoCounters when it has none.
+func readHits(ctx context.Context, ep endpoint) (cacheCounts, error) {
+	if ep.hits == nil {
+		return cacheCounts{}, errNoCounters
+	}
+	return ep.hits.read(ctx)
 }

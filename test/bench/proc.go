@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
+	"os/user"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,26 +19,36 @@ import (
 // proc is a proxy process the bench started. It owns the process and one
 // goroutine, which waits for it and closes done; stop ends both.
 type proc struct {
-	name     string
-	cmd      *exec.Cmd
-	port     int
-	stderr   *headBuffer
-	why      func() string // extra reason an exited process gives, e.g. from its log; nil: none
-	done     chan struct{} // closed once the process has exited and its output is copied
-	waitErr  error         // set before done is closed
-	stopOnce sync.Once
+	name string
+	cmd  *exec.Cmd
+	port int
+	// metricsURL is pgsidecar's /metrics on its --http-listen address; ""
+	// for other proxies.
+	metricsURL string
+	stderr     *headBuffer
+	why        func() string // extra reason an exited process gives, e.g. from its log; nil: none
+	done       chan struct{} // closed once the process has exited and its output is copied
+	waitErr    error         // set before done is closed
+	stopOnce   sync.Once
 }
 
-// startProc starts cmd, which is killed if the bench dies. Its stderr goes
-// to ours, and its first lines are kept for exitedError.
+// startProc starts cmd, which gets cmd.SysProcAttr.Pdeathsig (SIGKILL when
+// unset) if the bench dies. Unless cmd.Stderr is set (a proxy that logs
+// there: why should then read its log), its stderr goes to ours, and its
+// first lines are kept for exitedError. With SysProcAttr.Setpgid, stop's
+// last resort kills the whole process group, children included.
 func startProc(name string, cmd *exec.Cmd, port int, why func() string) (*proc, error) {
 	p := &proc{name: name, cmd: cmd, port: port, why: why, stderr: &headBuffer{max: 4096}, done: make(chan struct{})}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if cmd.SysProcAttr.Pdeathsig == 0 {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	cmd.Stdout = os.Stdout
-	cmd.Stderr = io.MultiWriter(os.Stderr, p.stderr)
+	if cmd.Stderr == nil {
+		cmd.Stderr = io.MultiWriter(os.Stderr, p.stderr)
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
@@ -87,6 +100,9 @@ func (p *proc) stop() {
 		select {
 		case <-p.done:
 		case <-time.After(5 * time.Second):
+			if p.cmd.SysProcAttr.Setpgid {
+				syscall.Kill(-p.pid(), syscall.SIGKILL)
+			}
 			p.cmd.Process.Kill()
 			<-p.done
 		}
@@ -169,4 +185,44 @@ func raiseNoFile(need uint64) (uint64, error) {
 		fmt.Printf("warning: open files limit %d is below the %d this run may need (raise the hard limit, or lower -mem-clients)\n", want.Cur, need)
 	}
 	return want.Cur, nil
+}
+
+// asPostgresWhenRoot makes cmd run as the postgres user when the bench runs
+// as root: PgBouncer and pgpool-II refuse root, as PostgreSQL does.
+func asPostgresWhenRoot(cmd *exec.Cmd, what string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return fmt.Errorf("%s is run as postgres when the bench is root, and there is no postgres user: %w", what, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	return nil
+}
+
+// startListening starts cmd and waits until it accepts TCP connections on
+// port.
+func startListening(ctx context.Context, name string, cmd *exec.Cmd, port int, why func() string) (*proc, error) {
+	p, err := startProc(name, cmd, port, why)
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := p.waitReady(ctx, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
 }

@@ -10,11 +10,9 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -37,8 +35,9 @@ type endpoint struct {
 	pid      int    // the proxy process, for CPU accounting; 0 for PostgreSQL
 	poolMode string // "" for PostgreSQL
 	poolSize int
-	note     string // for the row's notes, e.g. why PgBouncer runs in session mode
-	na       string // why there are no figures (refused to start, not installed); "" when usable
+	note     string     // for the row's notes, e.g. why PgBouncer runs in session mode
+	na       string     // why there are no figures (refused to start, not installed); "" when usable
+	hits     hitCounter // the target's result cache counters; nil: none
 }
 
 func (e endpoint) label() string {
@@ -55,7 +54,12 @@ type targetSet struct {
 	sidecar    endpoint
 	pgbouncer  endpoint
 	pbPrepared *endpoint // PgBouncer for -M prepared rows, when not pgbouncer
-	procs      []*proc
+	procSet
+}
+
+// procSet owns the proxy processes of a phase of the bench until stop.
+type procSet struct {
+	procs []*proc
 }
 
 // endpoint is the endpoint of lane for pgbench mode.
@@ -73,7 +77,7 @@ func (t *targetSet) endpoint(lane, mode string) endpoint {
 }
 
 // stop stops every proxy; it is idempotent.
-func (t *targetSet) stop() {
+func (t *procSet) stop() {
 	for _, p := range t.procs {
 		p.stop()
 	}
@@ -121,7 +125,7 @@ func startTargets(ctx context.Context, o options, p runPlan, dir string, up upst
 
 // adopt records a proxy start: the process on success, n/a when it exited
 // before it was ready, and any other error for the caller.
-func (t *targetSet) adopt(ep *endpoint, p *proc, err error) error {
+func (t *procSet) adopt(ep *endpoint, p *proc, err error) error {
 	var exited *exitedError
 	switch {
 	case errors.As(err, &exited):
@@ -154,6 +158,7 @@ type proxyConfig struct {
 	poolSize      int
 	maxClientConn int
 	up            upstream
+	sidecarArgs   []string // more pgsidecar flags, e.g. the result cache's; PgBouncer has none
 }
 
 func startSidecar(ctx context.Context, bin string, cfg proxyConfig) (*proc, error) {
@@ -173,10 +178,12 @@ func startSidecar(ctx context.Context, bin string, cfg proxyConfig) (*proc, erro
 		"--pool-size", strconv.Itoa(cfg.poolSize),
 		"--max-client-conn", strconv.Itoa(cfg.maxClientConn),
 		"--log-level", "warn")
+	cmd.Args = append(cmd.Args, cfg.sidecarArgs...)
 	p, err := startProc(lanePgSidecar, cmd, port, nil)
 	if err != nil {
 		return nil, err
 	}
+	p.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
 	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", httpPort)
 	client := &http.Client{Timeout: time.Second}
 	if err := p.waitReady(ctx, func() bool {
@@ -234,34 +241,18 @@ logfile = %s
 	}
 	cmd := exec.Command(bin, "-q", ini) // -q: it logs to logfile only
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("pgbouncer cannot run as root and there is no postgres user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	p, err := startProc(lanePgBouncer, cmd, port, func() string { return logfileError(logfile) })
-	if err != nil {
+	if err := asPostgresWhenRoot(cmd, "pgbouncer"); err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := p.waitReady(ctx, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}); err != nil {
-		p.stop()
-		return nil, err
-	}
-	return p, nil
+	return startListening(ctx, lanePgBouncer, cmd, port, func() string { return logfileError(logfile) })
 }
 
-// logfileError is the first FATAL or ERROR line of a PgBouncer log.
+// logfileErrorRE matches the severity of a PgBouncer ("... 1234 FATAL ...")
+// or pgpool-II ("...: main pid 1234: FATAL:  ...") error line.
+var logfileErrorRE = regexp.MustCompile(`\s(FATAL|ERROR)[:\s]`)
+
+// logfileError is the first FATAL or ERROR line of a PgBouncer or pgpool-II
+// log.
 func logfileError(path string) string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -270,7 +261,7 @@ func logfileError(path string) string {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if l := sc.Text(); strings.Contains(l, " FATAL ") || strings.Contains(l, " ERROR ") {
+		if l := sc.Text(); logfileErrorRE.MatchString(l) {
 			return l
 		}
 	}

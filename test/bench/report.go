@@ -23,6 +23,8 @@ type report struct {
 	PgBouncer string      `json:"pgbouncer_version,omitempty"`
 	Runs      []rowResult `json:"runs"`
 	Memory    []memResult `json:"memory,omitempty"`
+	// Cache is the result-cache workload (-workload cache).
+	Cache *cacheReport `json:"cache,omitempty"`
 }
 
 // rowResult is one (mode, clients) row: a run per target (by lane name).
@@ -121,6 +123,84 @@ func (rep *report) printMemory(w io.Writer, o options) error {
 			m.Before.RSS, m.After.RSS, kib(m.PerClientRSS), kib(m.PerClientPss), kib(m.PerClientPrivate), m.Note)
 	}
 	return tw.Flush()
+}
+
+// printCache writes the result-cache table, one line per (workload, mode,
+// target), then the latency probe.
+func (rep *report) printCache(w io.Writer) error {
+	c := rep.Cache
+	fmt.Fprintf(w, "result cache: %d clients, %s per run, scale %d, -j %d; pgsidecar in %s mode, pool size %d, cache TTL %s; %d cores\n",
+		c.Clients, rep.Duration, rep.Scale, rep.Threads, rep.PoolMode, rep.PoolSize, c.TTL, rep.Cores)
+	fmt.Fprintf(w, "read = %s; with k one of %d values (%.2f ms directly, alone); mix = 9 reads to 1 UPDATE of a random account's abalance\n",
+		c.ReadQuery, c.Keys, c.DirectQueryMs)
+	if c.Pgpool != "" {
+		fmt.Fprintf(w, "pgpool-II %s: %s\n", c.Pgpool, c.PgpoolNote)
+	} else {
+		fmt.Fprintln(w, pgpoolMissing)
+	}
+	fmt.Fprintln(w, "TPS; p50 and p99 latency in ms (mix: reads and writes together); hit = cache hits / lookups in the measured run (n/a: no counters)")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tmode\ttarget\tTPS\tp50\tp99\thit\tvs postgres\tvs pgpool-II\t  notes")
+	for _, r := range c.Rows {
+		for _, lane := range cacheLanes {
+			res := r.Targets[lane]
+			fmt.Fprintf(tw, "%s\t%s\t%s\t", r.Workload, r.Mode, cacheLaneTitle[lane])
+			if ok(res) == nil {
+				na := ""
+				if res != nil {
+					na = res.NA
+				}
+				fmt.Fprintf(tw, "n/a\t-\t-\t-\t-\t-\t  %s\n", na)
+				continue
+			}
+			fmt.Fprintf(tw, "%.0f\t%.2f\t%.2f\t%s\t%s\t%s\t  \n", res.TPS, res.P50Ms, res.P99Ms, hitRatio(lane, res),
+				ratio(res, r.Targets[lanePostgres]), ratio(res, r.Targets[lanePgpool]))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	lp := c.Latency
+	if lp == nil {
+		return nil
+	}
+	fmt.Fprintln(w)
+	if lp.NA != "" {
+		_, err := fmt.Fprintf(w, "latency probe n/a: %s\n", lp.NA)
+		return err
+	}
+	p50 := func(r *runResult) string {
+		if ok(r) == nil {
+			return "n/a (" + r.NA + ")"
+		}
+		return fmt.Sprintf("%.3f ms", r.P50Ms)
+	}
+	fmt.Fprintf(w, "latency at 1 client, -M %s: SELECT 1 through pgsidecar (cache off, to PostgreSQL) p50 %s; cached read through the memory tier p50 %s (hit %s)\n",
+		lp.Mode, p50(lp.Select1), p50(lp.Hit), hitRatio(laneSidecarMemory, ok(lp.Hit)))
+	if lp.Ratio > 0 {
+		verdict := "met"
+		if lp.Ratio > 2 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "memory-tier hit p50 / SELECT 1 p50 = %.2fx (done-criterion: at most 2x: %s)\n", lp.Ratio, verdict)
+	}
+	return nil
+}
+
+// hitRatio is res's cache hit ratio as a percentage: "-" for PostgreSQL and
+// for pgsidecar with its cache off, unless it counted lookups, and "n/a" for
+// a target whose counters are unknown.
+func hitRatio(lane string, res *runResult) string {
+	switch {
+	case lane == lanePostgres:
+		return "-"
+	case (res == nil || res.HitRatio == nil) && lane == laneSidecarOff:
+		return "-"
+	case res == nil || res.HitRatio == nil:
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f%%", 100**res.HitRatio)
 }
 
 func nonEmpty(ss ...string) []string {
