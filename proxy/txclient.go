@@ -100,8 +100,10 @@ func (r *txRelay) clientMessage(ctx context.Context, typ byte, msg []byte) error
 		text := unsafe.String(unsafe.SliceData(body), len(body)-1)
 		// A simple Query destroys the unnamed statement.
 		r.unnamed = r.unnamed[:0]
-		if inner, ok := explainCacheQuery(text); ok && r.cacheOn() {
-			return r.explainCache(ctx, inner)
+		if r.cacheOn() {
+			if inner, ok := explainCacheQuery(text); ok {
+				return r.explainCache(ctx, inner)
+			}
 		}
 		if startsWithD(body) {
 			name, ok := deallocateName(text)
