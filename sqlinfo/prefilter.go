@@ -28,6 +28,7 @@ package sqlinfo
 var prefilterFirst = [256]bool{
 	's': true, 'S': true,
 	'd': true, 'D': true,
+	'c': true, 'C': true,
 	'l': true, 'L': true,
 	't': true, 'T': true,
 	'a': true, 'A': true,
@@ -52,7 +53,11 @@ func isCandidate(sql string) bool {
 				return true
 			}
 		case 'd':
-			if hasPrefixFold(rest, "discard") || hasPrefixFold(rest, "deallocate") {
+			if hasPrefixFold(rest, "discard") || hasPrefixFold(rest, "deallocate") || isWordFold(rest, "do") {
+				return true
+			}
+		case 'c':
+			if isWordFold(rest, "call") {
 				return true
 			}
 		case 'l':
@@ -101,4 +106,17 @@ func hasPrefixFold(s, word string) bool {
 		}
 	}
 	return true
+}
+
+// isWordFold reports whether s starts with word, in any case, followed by
+// something that cannot continue an identifier.
+func isWordFold(s, word string) bool {
+	if !hasPrefixFold(s, word) {
+		return false
+	}
+	if len(s) == len(word) {
+		return true
+	}
+	c := s[len(word)]
+	return !(c == '_' || c == '$' || c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'z' || c >= 0x80)
 }

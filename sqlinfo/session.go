@@ -18,8 +18,9 @@ type Effects struct {
 	// CHARACTERISTICS AS TRANSACTION, SET ROLE, SET SESSION AUTHORIZATION,
 	// SET TIME ZONE, SET NAMES, or a call of set_config whose third argument
 	// is not the constant true, anywhere in a statement (nested in SELECT
-	// lists, CTEs, subqueries, DML). SET LOCAL and SET TRANSACTION do not
-	// count: they end with the transaction.
+	// lists, CTEs, subqueries, DML), and DO and CALL, whose code may do any
+	// of these unseen. SET LOCAL and SET TRANSACTION do not count: they end
+	// with the transaction.
 	SetsSession bool
 	// Custom lists the customized (dotted, "app.tenant") settings the text
 	// sets or resets for the session, lower-cased: PostgreSQL does not list
@@ -131,6 +132,12 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		if s.DeallocateStmt.GetIsall() {
 			a.e.DeallocateAll = true
 		}
+		return
+	case *pg_query.Node_DoStmt, *pg_query.Node_CallStmt:
+		// Code the text does not show may SET, set_config, or create
+		// temporary relations: whoever tracks the session reads its
+		// state back afterwards.
+		a.e.SetsSession = true
 		return
 	case *pg_query.Node_ListenStmt:
 		a.pin(PinListen)

@@ -165,6 +165,10 @@ var effectsCases = []effectsCase{
 	{"prepare", "PREPARE p (int) AS SELECT $1", pinned(PinPrepare)},
 	{"prepare lower case", "prepare q as select 1", pinned(PinPrepare)},
 	{"execute", "EXECUTE p(1)", none},
+	{"do block", "DO $$ BEGIN PERFORM set_config('search_path', 'a', false); END $$", Effects{SetsSession: true}},
+	{"do in lower case", "do 'begin null; end'", Effects{SetsSession: true}},
+	{"call", "CALL refresh_all()", Effects{SetsSession: true}},
+	{"calling is not call", "select calls from t", none},
 	{"load", "LOAD 'auto_explain'", pinned(PinLoad)},
 
 	// Which pin comes first, and combinations.

@@ -16,6 +16,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/testenv"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
+	"github.com/pgsidecar/pgsidecar/sqlinfo"
 )
 
 // mustExec runs sql on conn and fails t on an error.
@@ -329,4 +330,36 @@ func TestTxRoleIsolated(t *testing.T) {
 		mustExec(t, a, "reset role")
 		expectString(t, "A after its resets", a, "select current_user::text", pg.SuperUser)
 	}
+}
+
+// TestTxStateChangedInsideDO: a DO block (or a procedure) can change the
+// session's settings, or create temporary tables, where the statement's text
+// does not show it. The settings are read back after it, so they neither
+// leak to the next client on the backend nor get lost for this one, and a
+// temporary table made that way pins the client to its backend.
+func TestTxStateChangedInsideDO(t *testing.T) {
+	t.Parallel()
+	pg := env.Postgres(t)
+	ctx := ctxT(t)
+	schema, table := twoTables(t, ctx, pg, "txdo",
+		"(v text); insert into %s values ('schema_a')",
+		"(v text); insert into %s values ('public')")
+	sc := txSidecar(t, pg, 1, proxy.Config{}, pool.Config{})
+	a := pgxConnect(t, sc.SuperURL(pg), pgx.QueryExecModeSimpleProtocol)
+	b := pgxConnect(t, sc.SuperURL(pg), pgx.QueryExecModeSimpleProtocol)
+	selectV := "select v from " + table
+
+	mustExec(t, a, "do $$ begin perform set_config('search_path', '"+schema+"', false); end $$")
+	for i := range 3 {
+		expectString(t, fmt.Sprintf("A after its DO, turn %d", i), a, selectV, "schema_a")
+		expectString(t, fmt.Sprintf("B after A's DO, turn %d", i), b, selectV, "public")
+	}
+
+	tmp := uniq("txdo_tmp")
+	mustExec(t, a, "do $$ begin create temp table "+tmp+" (x int); insert into "+tmp+" values (7); end $$")
+	expectString(t, "A reads its temporary table", a, "select x::text from "+tmp, "7")
+	if got := sc.Server.Stats().Pins[sqlinfo.PinTempTable]; got != 1 {
+		t.Errorf("pins for a temporary table made inside DO = %d, want 1", got)
+	}
+	expectString(t, "A reads its temporary table again", a, "select x::text from "+tmp, "7")
 }
