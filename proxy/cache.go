@@ -681,9 +681,13 @@ func (r *txRelay) resolveWrites(w *writeSet) {
 	found, err := lookupCatalog(ctx, r, missing)
 	cancel()
 	if err != nil {
-		// The session's next use of the backend finds out what broke.
 		w.all = true
 		r.snapshot = true
+		if !isServerError(err) {
+			// Timed out or cut mid-answer: what the backend still has to
+			// say is unknown, so it must not serve anyone again.
+			r.beBroken = err
+		}
 		return
 	}
 	cat.remember(db, gen, missing, found)

@@ -145,7 +145,11 @@ type txRelay struct {
 	// hold: session mode with the cache on; the session keeps its backend
 	// from login to the end, as the session relay would, but its batches
 	// go through this relay so the cache sees them.
-	hold     bool
+	hold bool
+	// beBroken: a query of pgsidecar's own on the attached backend failed
+	// where the relay could not end the session (inside an answer): the
+	// backend is closed at the next chance.
+	beBroken error
 	snapshot bool     // the transaction may have changed the session's settings
 	pin      string   // why the session must keep its backend, once idle
 	used     []string // server statements the batch in flight relies on
@@ -601,6 +605,9 @@ func (r *txRelay) attach(ctx context.Context) error {
 // maybeDetach gives the backend back when the session is idle and the
 // backend owes nothing, after recording any settings the transaction left.
 func (r *txRelay) maybeDetach(ctx context.Context) error {
+	if r.beBroken != nil && r.be != nil && r.q.len() == 0 {
+		return r.backendFailed(r.beBroken)
+	}
 	if r.be == nil || r.pending || r.q.len() > 0 || r.unsynced || r.copyIn || r.txStatus != 'I' || r.errSkip || !r.fs.atBoundary() {
 		return nil
 	}
