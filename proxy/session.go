@@ -53,7 +53,7 @@ type clientConn struct {
 	st     *startup
 	key    pool.Key
 	mode   PoolMode
-	txMode atomic.Bool // mode, for Shutdown
+	txMode atomic.Bool // the session runs on the transaction relay, for Shutdown
 	// holdIdle: a session-mode session on the transaction relay (the
 	// cache is on) is waiting for its client between transactions.
 	holdIdle atomic.Bool
@@ -123,7 +123,9 @@ func (c *clientConn) serve(ctx context.Context) {
 	if m, ok := c.srv.cfg.DatabasePoolModes[st.database]; ok {
 		c.mode = m
 	}
-	c.txMode.Store(c.mode == PoolModeTransaction)
+	// Both transaction mode and session mode with the cache on run on the
+	// transaction relay, whose idle state is not idle()'s.
+	c.txMode.Store(c.mode == PoolModeTransaction || c.srv.cfg.Cache != nil)
 	c.log = c.log.With("database", st.database, "user", st.user)
 	if err := c.login(ctx); err != nil {
 		c.startupFailed(err)

@@ -3,6 +3,7 @@ package integration
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -79,4 +80,41 @@ func TestCacheExplain(t *testing.T) {
 	}
 	// The statement never reached PostgreSQL: the table is unchanged.
 	expectString(t, "the table", conn, q, "x")
+}
+
+// TestCacheSessionsDrainOnSIGTERM: with the cache on, session mode runs
+// on the transaction relay holding its backend; on SIGTERM a session idle
+// in its read is woken and ended (57P01) without sending anything, and a
+// session inside a transaction may finish it first, as without the cache.
+func TestCacheSessionsDrainOnSIGTERM(t *testing.T) {
+	t.Parallel()
+	pg := env.Postgres(t)
+	sc := startCacheSidecar(t, pg, cacheOpts{PoolMode: "session", Args: []string{"--shutdown-timeout", "20s"}})
+	idle := pgxConnect(t, sc.SuperURL(pg), pgx.QueryExecModeSimpleProtocol)
+	busy := pgxConnect(t, sc.SuperURL(pg), pgx.QueryExecModeSimpleProtocol)
+	expectString(t, "idle client", idle, "select 'a'", "a")
+	mustExec(t, busy, "begin")
+	expectString(t, "client in a transaction", busy, "select 'b'", "b")
+
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() { sc.Stop(); close(stopped) }()
+	// The transaction in progress may still finish.
+	time.Sleep(300 * time.Millisecond)
+	expectString(t, "inside the transaction after SIGTERM", busy, "select 'c'", "c")
+	mustExec(t, busy, "commit")
+	// The idle session sends nothing: the drain must end it by itself, not
+	// wait for the shutdown timeout (20s).
+	select {
+	case <-stopped:
+	case <-time.After(8 * time.Second):
+		t.Fatalf("the sidecar still runs %s after SIGTERM, with an idle session and no transaction left", time.Since(start).Round(time.Millisecond))
+	}
+	_, err := idle.Exec(ctxT(t), "select 1")
+	if err == nil {
+		t.Fatal("the idle session still answers after the sidecar stopped")
+	}
+	if code := pgCode(err); code != "57P01" && code != "" {
+		t.Errorf("idle session after SIGTERM: %v (SQLSTATE %q), want 57P01 or a closed connection", err, code)
+	}
 }
