@@ -200,6 +200,9 @@ func TestBootReset(t *testing.T) {
 	snap := a.Snapshot("app", tables) // taken before the loss, stored after
 	put(a, "app", tables, key("q"), "before")
 	put(b, "app", []string{"u"}, key("q2"), "before")
+	// Both Redis writes land before the loss: a write still queued then
+	// would be counted below as the late one.
+	waitStores(t, r, 2)
 
 	r.lose("boot-2")
 	a.SyncNow()
