@@ -59,9 +59,11 @@ type writeSet struct {
 	// not known yet: a volatile one may write anything.
 	funcs []string
 	// ops: operators used whose functions are not known yet.
-	ops     []string
-	all     bool // unknown tables: bump the whole database
-	catalog bool // DDL: forget what the catalog said
+	ops []string
+	// all: unknown tables, or DDL: bump the whole database, which also
+	// retires what pgsidecar learnt from its catalog (verdicts are tied to
+	// the database's generation).
+	all bool
 	// txStmts counts transaction-control statements (BEGIN, COMMIT,
 	// COMMIT AND CHAIN, SAVEPOINT...): a block holding one besides its
 	// BEGIN and final ROLLBACK may have committed something.
@@ -69,7 +71,7 @@ type writeSet struct {
 }
 
 func (w *writeSet) empty() bool {
-	return w == nil || (!w.all && !w.catalog && len(w.tables) == 0 && len(w.funcs) == 0 && len(w.ops) == 0)
+	return w == nil || (!w.all && len(w.tables) == 0 && len(w.funcs) == 0 && len(w.ops) == 0)
 }
 
 func (w *writeSet) addTable(name string) { w.tables = addName(w.tables, name) }
@@ -88,7 +90,6 @@ func (w *writeSet) merge(o *writeSet) {
 		return
 	}
 	w.all = w.all || o.all
-	w.catalog = w.catalog || o.catalog
 	for _, t := range o.tables {
 		w.addTable(t)
 	}
@@ -103,7 +104,7 @@ func (w *writeSet) merge(o *writeSet) {
 
 func (w *writeSet) reset() {
 	w.tables, w.funcs, w.ops = w.tables[:0], w.funcs[:0], w.ops[:0]
-	w.all, w.catalog = false, false
+	w.all = false
 	w.txStmts = 0
 }
 
@@ -123,15 +124,14 @@ type cacheFill struct {
 // cacheBatch is the batch at the head of the client buffer, as the cache
 // sees it.
 type cacheBatch struct {
-	simple  bool
-	text    string // the statement's text
-	types   []byte // its parameter types section (extended)
-	parse   []byte // the batch's Parse message, if any
-	name    string // the Parse's statement name
-	binds   []byte // the Bind body after the statement name
-	desc    bool   // a Describe of the portal
-	def     *stmtDef
-	unnamed bool // binds the unnamed statement parsed earlier
+	simple bool
+	text   string // the statement's text
+	types  []byte // its parameter types section (extended)
+	parse  []byte // the batch's Parse message, if any
+	name   string // the Parse's statement name
+	binds  []byte // the Bind body after the statement name
+	desc   bool   // a Describe of the portal
+	def    *stmtDef
 }
 
 // Bypass reasons the relay adds to sqlinfo's.
@@ -288,7 +288,6 @@ func (r *txRelay) splitBatch(b *cacheBatch) bool {
 					if len(r.unnamed) == 0 || !ok {
 						return false
 					}
-					b.unnamed = true
 					b.text, types = unsafe.String(unsafe.SliceData(query), len(query)), ty
 				} else {
 					def := r.stmts[string(stmt)]
@@ -533,7 +532,13 @@ func (r *txRelay) noteWrites(info *sqlinfo.Info) {
 		return
 	}
 	cat, db := r.srv.catalog, r.c.key.Database
-	gen := r.srv.cfg.Cache.Generation(db)
+	var gen uint64 // read once, when a function or operator needs a verdict
+	genOf := func() uint64 {
+		if gen == 0 {
+			gen = r.srv.cfg.Cache.Generation(db)
+		}
+		return gen
+	}
 	for i := range info.Statements {
 		st := &info.Statements[i]
 		if st.WritesUnknown {
@@ -541,7 +546,7 @@ func (r *txRelay) noteWrites(info *sqlinfo.Info) {
 			r.snapshot = true
 		}
 		if st.Catalog {
-			get().catalog = true
+			get().all = true
 		}
 		if st.Kind == sqlinfo.KindTransaction {
 			get().txStmts++
@@ -555,7 +560,7 @@ func (r *txRelay) noteWrites(info *sqlinfo.Info) {
 				r.snapshot = true
 				continue
 			}
-			if v, ok := cat.lookup(db, gen, catName{'f', f.Name}); ok && v.builtin && !v.mayWrite {
+			if v, ok := cat.lookup(db, genOf(), catName{'f', f.Name}); ok && v.builtin && !v.mayWrite {
 				continue
 			}
 			get().funcs = addName(get().funcs, f.Name)
@@ -566,7 +571,7 @@ func (r *txRelay) noteWrites(info *sqlinfo.Info) {
 				r.snapshot = true
 				continue
 			}
-			if v, ok := cat.lookup(db, gen, catName{'o', o.Name}); ok && !v.mayWrite {
+			if v, ok := cat.lookup(db, genOf(), catName{'o', o.Name}); ok && !v.mayWrite {
 				continue
 			}
 			get().ops = addName(get().ops, o.Name)
@@ -639,7 +644,7 @@ func (r *txRelay) flushWrites() {
 // all. Names the catalog memo does not know are looked up when the backend
 // is idle and owes nothing else; otherwise they count as the worst case.
 func (r *txRelay) resolveWrites(w *writeSet) {
-	if w.all || w.catalog {
+	if w.all {
 		return
 	}
 	cat, db := r.srv.catalog, r.c.key.Database
@@ -699,11 +704,8 @@ func (r *txRelay) resolveWrites(w *writeSet) {
 
 // bump invalidates what w wrote in db.
 func (s *Server) bump(db string, w *writeSet) {
-	if w.catalog {
-		s.catalog.forget(db)
-	}
 	tables := w.tables
-	if w.all || w.catalog {
+	if w.all {
 		tables = allTables
 	}
 	ctx, cancel := context.WithTimeout(s.rootCtx, time.Second)
@@ -735,10 +737,7 @@ func isLoneRollback(q string) bool {
 // bound nothing raises.
 func (s *Server) cacheTTL(info *sqlinfo.Info) (time.Duration, bool) {
 	rules := &s.cfg.CacheRules
-	ttl := rules.DefaultTTL
-	if ttl <= 0 {
-		ttl = time.Minute
-	}
+	ttl := s.cfg.Cache.DefaultTTL()
 	if d, ok := rules.Fingerprints[info.Fingerprint]; ok {
 		if d <= 0 {
 			return 0, false
@@ -761,8 +760,6 @@ func (s *Server) cacheTTL(info *sqlinfo.Info) (time.Duration, bool) {
 
 // CacheRules are the operator's result cache policy.
 type CacheRules struct {
-	// DefaultTTL is how long an answer is kept. Zero: one minute.
-	DefaultTTL time.Duration
 	// Tables: an answer reading one of these tables (bare names) is kept
 	// at most this long; zero or less: never cached.
 	Tables map[string]time.Duration

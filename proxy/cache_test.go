@@ -124,8 +124,8 @@ func TestWriteSet(t *testing.T) {
 		t.Fatal("zero writeSet not empty")
 	}
 	w.merge(&writeSet{tables: []string{"a", "b"}})
-	w.merge(&writeSet{tables: []string{"b", "c"}, catalog: true})
-	if len(w.tables) != 3 || !w.catalog || w.all || w.empty() {
+	w.merge(&writeSet{tables: []string{"b", "c"}, funcs: []string{"f"}})
+	if len(w.tables) != 3 || len(w.funcs) != 1 || w.all || w.empty() {
 		t.Fatalf("merge: %+v", w)
 	}
 	w.reset()
@@ -196,7 +196,7 @@ func TestSplitBatchShapes(t *testing.T) {
 	// the client's record.
 	r.unnamed = mustEncode(parse)
 	b, ok := batchOf(r, bind, exec, sync)
-	if !ok || b.text != q || !b.unnamed {
+	if !ok || b.text != q || b.def != nil {
 		t.Errorf("Bind of the earlier unnamed statement: ok %v, %+v", ok, b)
 	}
 	r.stmts = map[string]*stmtDef{"s1": newStmtDef([]byte(q), []byte{0, 1, 0, 0, 0, 23}, "", sqlinfo.Effects{})}
@@ -319,7 +319,15 @@ func BenchmarkCacheHit(b *testing.B) {
 // CacheRules.Tables says an answer reading a listed table is kept "at
 // most this long"; a query hint or a fingerprint rule gets past that bound.
 func TestCacheTableTTLIsAnUpperBound(t *testing.T) {
-	s := &Server{cfg: Config{CacheRules: CacheRules{Tables: map[string]time.Duration{"hot": 5 * time.Second}}}}
+	c, err := resultcache.New(resultcache.Config{DefaultTTL: time.Minute}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := &Server{cfg: Config{Cache: c, CacheRules: CacheRules{Tables: map[string]time.Duration{"hot": 5 * time.Second}}}}
+	if ttl, ok := s.cacheTTL(sqlinfo.Analyze("select * from cold")); !ok || ttl != time.Minute {
+		t.Errorf("no rule: ttl %v (ok %v), want the cache's default, 1m", ttl, ok)
+	}
 	hinted := sqlinfo.Analyze("/* pgsidecar:ttl=1h */ select * from hot")
 	if ttl, ok := s.cacheTTL(hinted); !ok || ttl > 5*time.Second {
 		t.Errorf("hint ttl=1h on a table ruled 5s: ttl %v (ok %v), want at most 5s", ttl, ok)

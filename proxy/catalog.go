@@ -115,13 +115,6 @@ func (c *catalog) remember(db string, gen uint64, names []catName, found map[cat
 	c.store(db, verdicts)
 }
 
-// forget drops everything known about db (DDL ran).
-func (c *catalog) forget(db string) {
-	c.mu.Lock()
-	delete(c.dbs, db)
-	c.mu.Unlock()
-}
-
 // builtinVolatileNoWrite are the built-in volatile functions that write no
 // table: calling them does not invalidate anything.
 var builtinVolatileNoWrite = []string{

@@ -9,7 +9,6 @@ func (c *Cache) MaxEntryBytes() int { return c.cfg.MaxEntryBytes }
 // instance. Whoever keeps facts about a database's catalog can tie them to
 // it: DDL bumps "*".
 func (c *Cache) Generation(db string) uint64 {
-	d := c.vers.db(db)
-	v, _ := c.vers.cell(d, StarTable).read()
+	v, _ := c.vers.db(db).star.read()
 	return v
 }

@@ -387,7 +387,7 @@ func splitPoolModes(dbs map[string]string) (map[string]string, map[string]proxy.
 
 // rules turns the cache's file-only rules into the proxy's policy.
 func (c CacheConfig) rules() (proxy.CacheRules, error) {
-	r := proxy.CacheRules{DefaultTTL: c.DefaultTTL, AllowFunctions: c.AllowFunctions}
+	r := proxy.CacheRules{AllowFunctions: c.AllowFunctions}
 	var errs []error
 	ttl := func(what, v string) time.Duration {
 		if strings.EqualFold(strings.TrimSpace(v), "never") {
