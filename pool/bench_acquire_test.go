@@ -36,3 +36,31 @@ func BenchmarkAcquireRecycle(b *testing.B) {
 		m.Recycle(c)
 	}
 }
+
+// BenchmarkAcquireHandoff is transaction mode's usual case under load: more
+// clients than backends, so most attaches wait in the queue and are handed
+// a backend directly by the client detaching it.
+func BenchmarkAcquireHandoff(b *testing.B) {
+	pg := env.Postgres(b)
+	m, err := pool.New(pool.Config{Upstream: pg.URL(pg.SuperUser, pg.SuperPassword, "postgres"), PoolSize: 2, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	key := pool.Key{Database: "postgres", User: pg.SuperUser}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := pool.NewWaiter()
+		for pb.Next() {
+			c, err := m.AcquireWait(ctx, w, key, time.Minute)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			m.Recycle(c)
+		}
+	})
+}

@@ -67,6 +67,7 @@ type options struct {
 	pgbouncer      string
 	pgpool         string
 	duration       time.Duration
+	rounds         int
 	clients        []int
 	connectClients []int
 	modes          []string
@@ -92,6 +93,7 @@ func main() {
 	flag.StringVar(&o.pgbouncer, "pgbouncer", "", "pgbouncer binary (default: from PATH or /usr/sbin; skipped when absent)")
 	flag.StringVar(&o.pgpool, "pgpool", "", "pgpool binary, for the cache workload (default: from PATH or /usr/sbin; skipped when absent)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (whole seconds)")
+	flag.IntVar(&o.rounds, "rounds", 3, "pool workload: runs per target and row, interleaved in rotating order; the median is reported")
 	flag.StringVar(&clients, "clients", "32,256", "comma-separated pgbench client counts for the simple, extended and prepared modes")
 	flag.StringVar(&connectClients, "connect-clients", "32", "comma-separated pgbench client counts for the connect mode")
 	flag.StringVar(&modes, "modes", "simple,extended,prepared,connect", "comma-separated pgbench -M modes; connect is -M simple -C (a new connection per transaction)")
@@ -170,6 +172,9 @@ func (o *options) validate() error {
 	}
 	if o.duration < time.Second {
 		errs = append(errs, fmt.Errorf("-duration must be at least 1s, got %s", o.duration))
+	}
+	if o.rounds < 1 {
+		errs = append(errs, fmt.Errorf("-rounds must be at least 1, got %d", o.rounds))
 	}
 	if o.poolSize <= 0 || o.scale <= 0 || o.threads <= 0 || o.memClients < 0 {
 		errs = append(errs, errors.New("-pool-size, -scale and -threads must be positive, -mem-clients not negative"))
@@ -328,6 +333,7 @@ func runPool(ctx context.Context, o options, plan runPlan, env []string, tmp str
 	}
 	for _, r := range o.rows() {
 		res := rowResult{Mode: r.mode, Clients: r.clients, Targets: map[string]*runResult{}}
+		runs := map[string][]runResult{}
 		for _, lane := range lanes {
 			ep := targets.endpoint(lane, r.mode)
 			if ep.note != "" {
@@ -338,16 +344,35 @@ func runPool(ctx context.Context, o options, plan runPlan, env []string, tmp str
 				if lane == lanePgSidecar {
 					res.Notes = append(res.Notes, "pgsidecar n/a ("+ep.na+")")
 				}
-				continue
 			}
-			fmt.Printf("pgbench -S -M %s -c %d -T %s via %s ...\n", r.mode, r.clients, o.duration, ep.label())
-			rr := pgbench(ctx, env, o, tmp, ep, selectOnly, r.mode, r.clients)
-			if rr.NA != "" {
-				fmt.Printf("  n/a: %s\n", rr.NA)
-				res.Notes = append(res.Notes, lane+" n/a ("+rr.NA+")")
-			}
-			res.Targets[lane] = &rr
 		}
+		// Rounds, each running every target once, starting with a
+		// different one each time: the machine's drift and any effect of
+		// running first or after a given target fall on all alike.
+		for round := range o.rounds {
+			for k := range lanes {
+				lane := lanes[(k+round)%len(lanes)]
+				if res.Targets[lane] != nil {
+					continue // n/a, or failed in an earlier round
+				}
+				ep := targets.endpoint(lane, r.mode)
+				fmt.Printf("pgbench -S -M %s -c %d -T %s via %s (round %d/%d) ...\n", r.mode, r.clients, o.duration, ep.label(), round+1, o.rounds)
+				rr := pgbench(ctx, env, o, tmp, ep, selectOnly, r.mode, r.clients)
+				if rr.NA != "" {
+					fmt.Printf("  n/a: %s\n", rr.NA)
+					res.Notes = append(res.Notes, lane+" n/a ("+rr.NA+")")
+					res.Targets[lane] = &rr
+					continue
+				}
+				runs[lane] = append(runs[lane], rr)
+			}
+		}
+		for lane, rs := range runs {
+			if res.Targets[lane] == nil {
+				res.Targets[lane] = median(rs)
+			}
+		}
+		res.setRoundRatios(runs[lanePgSidecar], runs[lanePgBouncer])
 		rep.Runs = append(rep.Runs, res)
 	}
 	targets.stop()
@@ -393,7 +418,7 @@ func newPlan(o options, pb, pp version) runPlan {
 	if !pb.isZero() {
 		targets = 3
 	}
-	p.runs = len(o.rows()) * targets
+	p.runs = len(o.rows()) * targets * o.rounds
 	p.total = setupCost + time.Duration(p.runs)*(o.duration+perRunOverhead)
 	if o.has(workloadPool) && o.memClients > 0 {
 		p.total += time.Duration(targets-1) * perProbeCost * time.Duration(max(1, o.memClients/5000))
@@ -453,8 +478,8 @@ func (p runPlan) print(nofile uint64) {
 		if o.memClients > 0 {
 			probe = fmt.Sprintf("memory probe with %d idle clients per proxy", o.memClients)
 		}
-		fmt.Printf("plan: %d pgbench runs x %s = %s, plus setup and %s\n",
-			p.runs, o.duration, time.Duration(p.runs)*o.duration, probe)
+		fmt.Printf("plan: %d pgbench runs (%d rounds) x %s = %s, plus setup and %s\n",
+			p.runs, o.rounds, o.duration, time.Duration(p.runs)*o.duration, probe)
 	}
 	if o.has(workloadCache) {
 		pp := "pgpool-II " + p.pgpool.String()

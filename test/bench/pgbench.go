@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -22,7 +23,10 @@ type runResult struct {
 	P99Ms       float64 `json:"p99_ms"`
 	Txns        int64   `json:"transactions"`
 	CPUUsPerTxn float64 `json:"proxy_cpu_us_per_txn,omitempty"` // proxy user+system CPU; 0 for PostgreSQL
-	NA          string  `json:"na,omitempty"`                   // why there are no figures
+	// RoundTPS is every round's TPS, in round order, when the result is
+	// the median of several rounds.
+	RoundTPS []float64 `json:"round_tps,omitempty"`
+	NA       string    `json:"na,omitempty"` // why there are no figures
 	// Result cache lookups in the measured run, for a target with a cache
 	// whose counters can be read: hits / (hits + misses), hits by tier, and
 	// misses. HitRatio is nil when unknown.
@@ -127,6 +131,21 @@ func pgbench(ctx context.Context, env []string, o options, dir string, ep endpoi
 		res.CPUUsPerTxn = float64((cpu1 - cpu0).Nanoseconds()) / 1e3 / float64(res.Txns)
 	}
 	return res
+}
+
+// median is the run of rs with the median TPS (the lower middle one of an
+// even count), with every run's TPS in RoundTPS. rs must not be empty.
+func median(rs []runResult) *runResult {
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b runResult) int { return cmp.Compare(a.TPS, b.TPS) })
+	m := sorted[(len(sorted)-1)/2]
+	m.RoundTPS = nil
+	if len(rs) > 1 {
+		for _, r := range rs {
+			m.RoundTPS = append(m.RoundTPS, r.TPS)
+		}
+	}
+	return &m
 }
 
 // fillPool makes a session-mode proxy open n backends: n clients at once,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -33,6 +34,25 @@ type rowResult struct {
 	Clients int                   `json:"clients"`
 	Targets map[string]*runResult `json:"targets"`
 	Notes   []string              `json:"notes,omitempty"`
+	// RoundRatios is pgsidecar's TPS over PgBouncer's in each round both
+	// completed: their spread is the comparison's noise.
+	RoundRatios []float64 `json:"round_ratios,omitempty"`
+}
+
+func (r *rowResult) setRoundRatios(sidecar, bouncer []runResult) {
+	for i := range min(len(sidecar), len(bouncer)) {
+		if bouncer[i].TPS > 0 {
+			r.RoundRatios = append(r.RoundRatios, sidecar[i].TPS/bouncer[i].TPS)
+		}
+	}
+}
+
+// ratioRange is the lowest and highest of the per-round ratios, or "-".
+func ratioRange(rs []float64) string {
+	if len(rs) < 2 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f-%.2fx", slices.Min(rs), slices.Max(rs))
 }
 
 func (rep *report) setup(o options, p runPlan) {
@@ -71,10 +91,13 @@ func (rep *report) printRuns(w io.Writer) error {
 	fmt.Fprintf(w, "pgbench -S (select-only), %s per run, scale %d, -j %d; pgsidecar and PgBouncer in %s mode, pool size %d; %s; %d cores\n",
 		rep.Duration, rep.Scale, rep.Threads, rep.PoolMode, rep.PoolSize, pb, rep.Cores)
 	fmt.Fprintln(w, "TPS; p99 latency in ms; proxy CPU (user+system) in µs per transaction; connect = -M simple -C (a new connection per transaction)")
+	if len(rep.Runs) > 0 && len(rep.Runs[0].RoundRatios) > 1 {
+		fmt.Fprintln(w, "each figure is the median run of the rounds (targets interleaved, rotating order); per round = the range of pgsidecar/pgbouncer TPS ratios over the rounds")
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "\t\tpostgres\t\tpgsidecar\t\t\tpgbouncer\t\t\tpgsidecar vs\t\t")
-	fmt.Fprintln(tw, "mode\tclients\tTPS\tp99\tTPS\tp99\tCPU/txn\tTPS\tp99\tCPU/txn\tpgbouncer\tpostgres\t  notes")
+	fmt.Fprintln(tw, "\t\tpostgres\t\tpgsidecar\t\t\tpgbouncer\t\t\tpgsidecar vs\t\t\t")
+	fmt.Fprintln(tw, "mode\tclients\tTPS\tp99\tTPS\tp99\tCPU/txn\tTPS\tp99\tCPU/txn\tpgbouncer\tper round\tpostgres\t  notes")
 	for _, r := range rep.Runs {
 		fmt.Fprintf(tw, "%s\t%d\t", r.Mode, r.Clients)
 		for _, lane := range lanes {
@@ -94,7 +117,7 @@ func (rep *report) printRuns(w io.Writer) error {
 			}
 		}
 		sc := r.Targets[lanePgSidecar]
-		fmt.Fprintf(tw, "%s\t%s\t  %s\n", ratio(sc, r.Targets[lanePgBouncer]), ratio(sc, r.Targets[lanePostgres]), strings.Join(r.Notes, "; "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t  %s\n", ratio(sc, r.Targets[lanePgBouncer]), ratioRange(r.RoundRatios), ratio(sc, r.Targets[lanePostgres]), strings.Join(r.Notes, "; "))
 	}
 	return tw.Flush()
 }
