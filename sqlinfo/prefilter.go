@@ -41,9 +41,19 @@ var prefilterFirst = [256]bool{
 // isCandidate reports whether sql contains, in any ASCII case, one of the
 // words listed above, or a Unicode-escaped identifier. It does not allocate.
 func isCandidate(sql string) bool {
-	for i := 0; i < len(sql); i++ {
+	// Every word has at least two bytes, so the last byte starts none.
+	for i := 0; i+1 < len(sql); i++ {
 		c := sql[i]
 		if !prefilterFirst[c] {
+			continue
+		}
+		// Most candidate letters start ordinary words (SELECT, FROM,
+		// accounts): their first two bytes, folded as hasPrefixFold folds
+		// them, reject them without a call.
+		switch uint16(c|0x20)<<8 | uint16(sql[i+1]|0x20) {
+		case 's'<<8 | 'e', 'd'<<8 | 'i', 'd'<<8 | 'e', 'd'<<8 | 'o', 'c'<<8 | 'a', 'l'<<8 | 'i', 'l'<<8 | 'o',
+			't'<<8 | 'e', 'a'<<8 | 'd', 'h'<<8 | 'o', 'p'<<8 | 'r', 'i'<<8 | 'n', 'u'<<8 | '&':
+		default:
 			continue
 		}
 		rest := sql[i:]
