@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"strings"
+	"unique"
 
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -37,7 +38,10 @@ func newSettings(pairs [][2]string) settings {
 		b.WriteString(kv[1])
 		b.WriteByte(0)
 	}
-	return settings{pairs: pairs, key: b.String()}
+	// Canonical: every session with the same settings holds the same
+	// string, so attach's comparison with a backend's Settings is a
+	// pointer comparison, not a read of another session's memory.
+	return settings{pairs: pairs, key: unique.Make(b.String()).Value()}
 }
 
 // syncSQL is the statement that turns a backend holding the settings with
