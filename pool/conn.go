@@ -177,8 +177,14 @@ func (c *Conn) PID() uint32 { return c.pid }
 func (c *Conn) Params() map[string]string { return c.params }
 
 // NoteParameterStatus records a ParameterStatus the server sent while the
-// connection was lent, so Params stays exact. Only the holder calls it.
-func (c *Conn) NoteParameterStatus(name, value string) { c.params[name] = value }
+// connection was lent, so Params stays exact. Only the holder calls it. A
+// Conn built by hand (a test's) has no map yet and gets one.
+func (c *Conn) NoteParameterStatus(name, value string) {
+	if c.params == nil {
+		c.params = make(map[string]string)
+	}
+	c.params[name] = value
+}
 
 // Key is the pool this connection belongs to.
 func (c *Conn) Key() Key { return c.pool.key }
