@@ -372,7 +372,9 @@ func runPool(ctx context.Context, o options, plan runPlan, env []string, tmp str
 				res.Targets[lane] = median(rs)
 			}
 		}
-		res.setRoundRatios(runs[lanePgSidecar], runs[lanePgBouncer])
+		if ok(res.Targets[lanePgSidecar]) != nil && ok(res.Targets[lanePgBouncer]) != nil {
+			res.setRoundRatios(runs[lanePgSidecar], runs[lanePgBouncer])
+		}
 		rep.Runs = append(rep.Runs, res)
 	}
 	targets.stop()
